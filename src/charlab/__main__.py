@@ -1,0 +1,3 @@
+from charlab.cli import main
+
+main()

@@ -1,0 +1,56 @@
+"""The ``charlab`` command: one sub-command group per noun.
+
+Each group lives in its own module and stays thin: parse arguments, call the library, print.
+Heavy imports (torch, transformers) happen inside commands so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from charlab.errors import CharlabError
+
+app = typer.Typer(
+    name="charlab",
+    help="Controlled character-training experiments on language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+
+
+def _register() -> None:
+    from charlab.cli import cache, constitution, demo, models
+
+    app.add_typer(models.app, name="models")
+    app.add_typer(constitution.app, name="constitution")
+    app.add_typer(cache.app, name="cache")
+    app.command("demo")(demo.demo)
+
+
+_register()
+
+
+def main() -> None:
+    """Entry point: user errors print one clear message and exit 2, without a traceback."""
+    try:
+        app(standalone_mode=False)
+    except CharlabError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2)
+        raise

@@ -1,0 +1,1 @@
+"""Model references, chat formatting and generation backends."""

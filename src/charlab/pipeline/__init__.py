@@ -1,0 +1,1 @@
+"""The character-training pipeline, one stage per module."""

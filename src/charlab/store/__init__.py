@@ -1,0 +1,1 @@
+"""Run folders, manifests and the row-level SQLite cache."""
