@@ -3,7 +3,8 @@
 The conftest tiny model ties its output layer to its embeddings, so at random init it greedily
 repeats the last prompt token ("\\n") whatever the prompt. These tests use the same tiny config with
 an untied output layer: its greedy continuations differ from prompt to prompt, so "batched equals
-alone" compares different texts, not twelve newlines.
+alone" compares different texts, not twelve newlines. They run on the CPU in float32 even where
+a GPU is present, so exact comparisons stay exact.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def tiny_dir(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
-    backend = HFBackend(ModelRef(base=str(tiny_dir)), batch_size=4)
+    backend = HFBackend(ModelRef(base=str(tiny_dir)), batch_size=4, device="cpu")
     yield backend
     backend.close()
 
@@ -104,11 +105,12 @@ def test_sample_index_changes_the_draw(tiny):
 
 def test_length_finish_and_token_counts(tiny):
     caps = [3, 9]
-    out = tiny.generate([request(PROMPTS[1], SamplingParams(max_new_tokens=n)) for n in caps])
+    out = tiny.generate([request(PROMPTS[1], SamplingParams(max_new_tokens=n)) for n in caps], progress=True)
+    n_prompt = len(chat.prompt_ids(tiny.tokenizer, [{"role": "user", "content": PROMPTS[1]}]))
     for generation, cap in zip(out, caps):
         assert generation.finish_reason == "length"
         assert generation.completion_tokens == cap
-        assert generation.prompt_tokens == len(chat.prompt_ids(tiny.tokenizer, [{"role": "user", "content": PROMPTS[1]}]))
+        assert generation.prompt_tokens == n_prompt
     assert out[1].text.startswith(out[0].text)
 
 
@@ -195,7 +197,7 @@ def _merged(base_dir, adapters):
 
 def test_adapter_stack_equals_sequential_merge(tiny_dir, loras):
     ref = ModelRef.parse(str(tiny_dir), [str(p) for p in loras])
-    backend = HFBackend(ref, batch_size=2)
+    backend = HFBackend(ref, batch_size=2, device="cpu")
     try:
         assert backend.model.base_model.active_adapters == ["a0", "a1"]
         assert not any(p.requires_grad for p in backend.model.parameters())

@@ -144,6 +144,19 @@ def test_target_modules_come_from_the_model(tiny_model_dir):
         resolve_target_modules(model, ("lm_head",))
 
 
+def test_only_plain_lora_can_sit_below_training(tiny_model_dir, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from charlab.training.lora import load_for_training
+
+    dora = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                          LoraConfig(r=2, target_modules=["q_proj"], use_dora=True))
+    dora.save_pretrained(tmp_path / "dora")
+    with pytest.raises(CharlabError, match="uses DoRA.*cannot be frozen exactly"):
+        load_for_training(ModelRef.parse(str(tiny_model_dir), [str(tmp_path / "dora")]), "float32")
+
+
 # --- SFT loss masks -------------------------------------------------------------------------
 
 
@@ -234,8 +247,8 @@ def test_dpo_reference_is_the_model_with_the_new_adapter_off(dpo_run, tiny_model
     ids = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356, 4093, 198, 6004, 2, 198]])
     with torch.no_grad():
         with trainable.disable_adapter():
-            reference = trainable(ids).logits
-        policy = trainable(ids).logits
+            reference = trainable(ids.to(trainable.device)).logits.cpu()
+        policy = trainable(ids.to(trainable.device)).logits.cpu()
         expected = stacked(ids).logits
         base_only = bare(ids).logits
     torch.testing.assert_close(reference, expected, atol=1e-5, rtol=1e-5)
@@ -260,7 +273,8 @@ def test_dpo_nll_term_is_a_token_mean_per_micro_batch(tiny_model_dir, tmp_path):
                          train_dataset=Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")}
                                                           for r in rows]),
                          peft_config=LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    batch = {k: v.to(trainer.args.device) for k, v in
+             trainer.data_collator([trainer.train_dataset[i] for i in range(2)]).items()}
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, batch).item()
         logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -354,10 +368,10 @@ def test_max_length_shorter_than_every_pair(tiny_model_dir, tmp_path):
 
 def test_fewer_examples_than_the_global_batch(tiny_model_dir, tmp_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [pair(i) for i in range(3)])
-    with pytest.raises(CharlabError, match="3 training examples is fewer than optim.global_batch = 4"):
+    with pytest.raises(CharlabError, match="only 3 training examples, fewer than optim.global_batch = 4"):
         train_dpo(str(tiny_model_dir), pairs, tmp_path / "out", tiny_config())
     data = write_jsonl(tmp_path / "sft.jsonl", [conversation(i) for i in range(2)])
-    with pytest.raises(CharlabError, match="2 training examples is fewer than optim.global_batch = 4"):
+    with pytest.raises(CharlabError, match="only 2 training examples, fewer than optim.global_batch = 4"):
         train_sft(str(tiny_model_dir), data, tmp_path / "out", tiny_config())
 
 
@@ -390,6 +404,14 @@ SLOW_TRAINING = textwrap.dedent("""
 """)
 
 
+def _parses(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def test_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_path):
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [pair(i) for i in range(8)])
     config = tiny_config(checkpoint_every=1, optim__global_batch=2)  # 4 steps, a checkpoint after each
@@ -397,14 +419,14 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny_model_dir, tmp_pa
     env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1"}
     proc = subprocess.Popen([sys.executable, "-c", SLOW_TRAINING, str(tiny_model_dir), str(pairs), str(out),
                              config.model_dump_json()], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    first = out / "checkpoints" / "checkpoint-1" / "trainer_state.json"
+    first = out / "checkpoints" / "checkpoint-1" / "trainer_state.json"  # written last in a checkpoint
     deadline = time.monotonic() + 180
-    while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while not _parses(first) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     running = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     _, stderr = proc.communicate()
-    assert running and first.is_file(), stderr.decode()[-2000:]
+    assert running and _parses(first), stderr.decode()[-2000:]
     assert not (out / "charlab_adapter.json").exists()
 
     resumed = train_dpo(str(tiny_model_dir), pairs, out, config)

@@ -3,11 +3,14 @@
 Generation is batched (left padding, prompts sorted by length) but every row samples on its own:
 ``model.generate`` runs greedy, and ``_RowSampler`` replaces each step's logits by a one-hot choice
 it made per row with that row's own ``torch.Generator``, seeded from (seed, sample_index, messages).
-A request therefore produces the same text alone or in any batch (up to float noise from padding),
-which is what lets the row cache key on the request alone.
+A request therefore produces the same text alone or in any batch, which is what lets the row cache
+key on the request alone. Batch shape and padding still change the arithmetic in the last bits: in
+float32 that practically never flips a token, in bfloat16 (the CUDA default) it does flip near-ties,
+so use float32 where batch-independent outputs matter more than speed.
 
 ``top_logprobs`` are the model's own distribution at each generated position: ``log_softmax`` of
 the raw logits, before repetition penalty, temperature and top-p (vLLM's default "raw" logprobs).
+There is one entry per completion token, the stop token included.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from charlab.models import chat
 from charlab.models.base import Generation, GenerationRequest, TokenScores, check_messages
 from charlab.models.loading import as_resolved, load_model_and_tokenizer
 from charlab.models.refs import ModelRef, ResolvedModel
+
 
 def row_seed(request: GenerationRequest) -> int:
     """The 64-bit seed of a request's private random stream."""

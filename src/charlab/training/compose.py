@@ -127,7 +127,8 @@ def read_adapter(folder: str | Path) -> tuple[dict, dict[str, LoraFactors]]:
     factors = {}
     for module, parts in tensors.items():
         if set(parts) != {"A", "B"}:
-            raise CharlabError(f"adapter {folder}: module {module} has only lora_{''.join(parts)}; the file is incomplete")
+            raise CharlabError(f"adapter {folder}: module {module} has only lora_{''.join(parts)}; "
+                               "the file is incomplete")
         rank = parts["A"].shape[0]
         alpha = alpha_pattern.get(get_pattern_key(list(alpha_pattern), module), config["lora_alpha"])
         scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank

@@ -280,7 +280,7 @@ def load_for_training(model: ModelRef | ResolvedModel | str | LoadedModel, preci
 
 def check_batch(n_examples: int, optim: OptimSettings, source: str | Path) -> None:
     if n_examples < optim.global_batch:
-        raise CharlabError(f"{source}: {n_examples} training examples is fewer than optim.global_batch = "
+        raise CharlabError(f"{source}: only {n_examples} training examples, fewer than optim.global_batch = "
                            f"{optim.global_batch}, so not even one optimizer step is full; add data or lower "
                            "optim.global_batch (and optim.per_device_batch)")
 
@@ -322,6 +322,7 @@ class TrainingRun:
     data_path: Path
     loaded: LoadedModel
     resume_from: Path | None = None
+    resume_step: int | None = None
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -339,9 +340,14 @@ class TrainingRun:
         marker = run.checkpoint_dir / "run.json"
         same_run = marker.is_file() and json.loads(marker.read_text()).get("key") == key
         if resume and same_run:
-            done = [(step, p) for p in run.checkpoint_dir.glob("checkpoint-*")
-                    if (step := _complete_checkpoint(p)) is not None]
-            run.resume_from = max(done)[1] if done else None
+            done = []
+            for folder in run.checkpoint_dir.glob("checkpoint-*"):
+                if (step := _complete_checkpoint(folder)) is None:
+                    shutil.rmtree(folder)  # cut short by the kill
+                else:
+                    done.append((step, folder))
+            if done:
+                run.resume_step, run.resume_from = max(done)
         elif run.checkpoint_dir.exists():
             if resume:
                 log.warning("%s holds checkpoints of a different run (config, seed, data or model changed); "
@@ -405,7 +411,7 @@ class TrainingRun:
         shutil.rmtree(self.checkpoint_dir)
         return TrainResult(
             adapter_dir=self.out_dir, stage=self.stage, seed=self.seed, global_step=trainer.state.global_step,
-            resumed_from_step=_complete_checkpoint(self.resume_from) if self.resume_from else None,
+            resumed_from_step=self.resume_step,
             compute=compute, log_history=list(trainer.state.log_history),
         )
 

@@ -1,0 +1,250 @@
+"""The whole character-training recipe as one resumable run.
+
+Read top to bottom, it is the published recipe:
+
+1. prompts     - the constitution's questions, optionally expanded by a generator model;
+2. distill     - teacher (constitution in the system prompt) and student (no prompt) answer them;
+3. pairs       - chosen = teacher, rejected = student, filtered, names replaced;
+4. dpo         - a LoRA trained with DPO (+ NLL on chosen) on the base model;
+5. introspect  - the DPO model reflects on itself and talks with itself;
+6. sft         - a second LoRA, stacked on the frozen DPO adapter, trained on that;
+7. the character model = base + dpo + sft, applied as a stack (exact, no merge).
+
+Every stage is a step of a ``Run``: its key hashes the settings it reads and the digests of the
+steps it consumes, its manifest is written last, and a rerun skips whatever verifies. Generations
+go through the row cache, so a killed stage resumes without paying twice, and training resumes
+from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from charlab.config import load_model
+from charlab.constitution import Constitution, load_constitution, save_constitution
+from charlab.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from charlab.models.factory import BackendSpec, make_backend
+from charlab.models.refs import ModelRef
+from charlab.pipeline.cards import write_card
+from charlab.pipeline.distill import DistillSettings, distill, prompt_pool
+from charlab.pipeline.introspect import IntrospectionSettings, generate_introspection, write_sft_dataset
+from charlab.pipeline.pairs import PairSettings, build_pairs, write_pairs
+from charlab.pipeline.prompts import ExpansionSettings, expand_constitution, load_generic_prompts
+from charlab.store.artifacts import Run, Step
+from charlab.store.cache import RowCache
+from charlab.training.lora import TrainingConfig, as_training_config
+
+log = logging.getLogger(__name__)
+
+PIPELINE_VERSION = "character-v1"
+
+
+class CharacterConfig(BaseModel):
+    """Everything the recipe needs besides the base model and the constitution."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    teacher: BackendSpec | None = Field(None, description="who answers in character; default: the base model itself")
+    generator: BackendSpec | None = Field(None, description="who writes expanded prompts; default: the teacher")
+    expansion: ExpansionSettings | None = Field(None, description="expand prompts per trait; null: use the "
+                                                                   "constitution's questions as they are")
+    generic_prompts: Path | None = Field(None, description="JSONL of generic prompts mixed into the pool (e.g. LIMA)")
+    generic_column: str = Field("prompt", description="column of generic_prompts holding the prompt")
+    generic_limit: int | None = Field(None, ge=1, description="keep at most this many generic prompts")
+    student_name: str | None = Field(None, description="the student's name: replaces the teacher's in chosen "
+                                                       "replies and fills {name} in introspection prompts")
+    max_prompts: int | None = Field(None, ge=1, description="distil a seeded random subset of the pool of at most "
+                                                             "this many prompts (null: all of them)")
+    student_batch_size: int = Field(16, ge=1, description="hf batch size when the student generates")
+    distill: DistillSettings = DistillSettings()
+    pairs: PairSettings = PairSettings()
+    introspection: IntrospectionSettings = IntrospectionSettings()
+    training: TrainingConfig | str = Field("upstream", description="a training profile name, path, or inline config")
+
+
+def character_profiles() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in (resources.files("charlab") / "data" / "character").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_character_config(name_or_path: str | Path) -> CharacterConfig:
+    """A shipped profile (``upstream``, ``demo``) or a YAML file, with located errors."""
+    path = Path(name_or_path)
+    if not path.suffix and str(name_or_path) in character_profiles():
+        path = Path(str(resources.files("charlab") / "data" / "character" / f"{name_or_path}.yaml"))
+    return load_model(CharacterConfig, path)
+
+
+@dataclass
+class CharacterResult:
+    """The trained character: base + DPO + SFT, and where each stage's outputs are."""
+
+    model: ModelRef
+    steps: dict[str, Step]
+
+    @property
+    def compute(self) -> dict[str, dict]:
+        return {name: self.steps[name].manifest["extra"]["compute"] for name in ("dpo", "sft")}
+
+
+def train_character(model: ModelRef, constitution: Constitution | str | Path, config: CharacterConfig,
+                    out: str | Path, *, cache_path: str | Path | None = None, seed: int = 0) -> CharacterResult:
+    """Run (or resume) the recipe into ``out`` and return the character model's reference."""
+    if not isinstance(constitution, Constitution):
+        constitution = load_constitution(constitution)
+    run = Run(out)
+    training = as_training_config(config.training)
+    teacher_spec = config.teacher or BackendSpec(model=ModelRef(base=model.base), batch_size=config.student_batch_size)
+    with RowCache(cache_path) as cache:
+        prompts = stage_prompts(run, constitution, config, teacher_spec, cache)
+        distilled = stage_distill(run, model, prompts, config, teacher_spec, cache, seed)
+        pairs = stage_pairs(run, model, distilled, config)
+        dpo = stage_train(run, "dpo", model, pairs.path("pairs.jsonl"), pairs, training, seed)
+        dpo_model = model.with_adapter(dpo.path("adapter"))
+        introspection = stage_introspect(run, dpo_model, config, cache, seed)
+        sft = stage_train(run, "sft", dpo_model, introspection.path("sft.jsonl"), introspection, training, seed)
+    character = dpo_model.with_adapter(sft.path("adapter"))
+    atomic_write_json(run.path / "character.json", {
+        "model": character.model_dump(mode="json"), "constitution": constitution.name, "seed": seed,
+        "compute": {"dpo": dpo.manifest["extra"]["compute"], "sft": sft.manifest["extra"]["compute"]},
+    })
+    return CharacterResult(character, {"prompts": prompts, "distill": distilled, "pairs": pairs, "dpo": dpo,
+                                       "introspect": introspection, "sft": sft})
+
+
+def stage_prompts(run: Run, constitution: Constitution, config: CharacterConfig, teacher_spec: BackendSpec,
+                  cache: RowCache) -> Step:
+    """The prompt pool: the constitution (expanded if asked) plus generic prompts."""
+    generator = config.generator or teacher_spec
+    step = run.step("prompts", {
+        "constitution": constitution.model_dump(mode="json"),
+        "expansion": config.expansion.model_dump(mode="json") if config.expansion else None,
+        "generator": generator.model_dump(mode="json") if config.expansion else None,
+        "generic": str(config.generic_prompts) if config.generic_prompts else None,
+        "generic_limit": config.generic_limit,
+    }, version=PIPELINE_VERSION, label="prompts")
+    if step.done:
+        return step
+    with step.running():
+        expanded = constitution
+        if config.expansion:
+            backend = make_backend(generator)
+            try:
+                expanded, card = expand_constitution(constitution, backend, cache, config.expansion)
+            finally:
+                backend.close()
+            write_card(card, step.path("constitution.yaml"))
+        save_constitution(expanded, step.path("constitution.yaml"))
+        generic: list[str] = []
+        if config.generic_prompts:
+            generic, generic_card = load_generic_prompts(config.generic_prompts, config.generic_column,
+                                                         limit=config.generic_limit)
+            write_card(generic_card, step.path("generic.jsonl"))
+        atomic_write_json(step.path("generic.json"), generic)
+        step.finish(counts={"traits": len(expanded.traits), "questions": len(expanded.questions),
+                            "generic": len(generic)})
+    return step
+
+
+def stage_distill(run: Run, model: ModelRef, prompts: Step, config: CharacterConfig, teacher_spec: BackendSpec,
+                  cache: RowCache, seed: int) -> Step:
+    """Teacher and student answer every prompt K times."""
+    settings = config.distill.model_copy(update={"seed": seed})
+    student_spec = BackendSpec(model=model, batch_size=config.student_batch_size)
+    step = run.step("distill", {"prompts": prompts.digest, "teacher": teacher_spec.model_dump(mode="json"),
+                                "student": student_spec.model_dump(mode="json"),
+                                "settings": settings.model_dump(mode="json"), "max_prompts": config.max_prompts},
+                    version=PIPELINE_VERSION, label="distill")
+    if step.done:
+        return step
+    constitution = load_constitution(prompts.path("constitution.yaml"))
+    generic = json.loads(prompts.path("generic.json").read_text())
+    pool = prompt_pool(constitution, generic)
+    if config.max_prompts and len(pool) > config.max_prompts:
+        pool = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), config.max_prompts))]
+    with step.running():
+        teacher = make_backend(teacher_spec)
+        same_model = teacher_spec == student_spec or (teacher_spec.kind == "hf" and teacher_spec.model == model)
+        student = teacher if same_model else make_backend(student_spec)
+        try:
+            out = distill(pool, constitution, teacher, student, cache, settings)
+        finally:
+            teacher.close()
+            if student is not teacher:
+                student.close()
+        atomic_write_jsonl(step.path("teacher.jsonl"), out.teacher)
+        atomic_write_jsonl(step.path("student.jsonl"), out.student)
+        step.finish(counts={"prompts": len(pool), "teacher": len(out.teacher), "student": len(out.student)},
+                    tokens={"teacher_prompt": out.teacher_tokens["prompt"],
+                            "teacher_completion": out.teacher_tokens["completion"],
+                            "student_prompt": out.student_tokens["prompt"],
+                            "student_completion": out.student_tokens["completion"]})
+    return step
+
+
+def stage_pairs(run: Run, model: ModelRef, distilled: Step, config: CharacterConfig) -> Step:
+    """Preference pairs under the student's chat template."""
+    from charlab.models.loading import as_resolved, load_tokenizer
+
+    settings = config.pairs
+    if config.student_name and not settings.student_name:
+        names = settings.teacher_names or (config.distill.teacher_name,)
+        settings = settings.model_copy(update={"student_name": config.student_name, "teacher_names": names})
+    step = run.step("pairs", {"distill": distilled.digest, "settings": settings.model_dump(mode="json"),
+                              "student": str(model.base)}, version=PIPELINE_VERSION, label="pairs")
+    if step.done:
+        return step
+    with step.running():
+        tokenizer = load_tokenizer(as_resolved(model))
+        pairs, card = build_pairs(read_jsonl(distilled.path("teacher.jsonl")),
+                                  read_jsonl(distilled.path("student.jsonl")), tokenizer, settings)
+        write_pairs(step.path("pairs.jsonl"), pairs, card)
+        step.finish(counts={"pairs": len(pairs), "inputs": card.inputs})
+    return step
+
+
+def stage_introspect(run: Run, dpo_model: ModelRef, config: CharacterConfig, cache: RowCache, seed: int) -> Step:
+    """Self-reflection and self-interaction by the DPO-trained model."""
+    settings = config.introspection.model_copy(update={"seed": seed})
+    resolved = dpo_model.resolve()
+    step = run.step("introspect", {"model": resolved.fingerprint, "settings": settings.model_dump(mode="json"),
+                                   "name": config.student_name}, version=PIPELINE_VERSION, label="introspect")
+    if step.done:
+        return step
+    with step.running():
+        backend = make_backend(BackendSpec(model=dpo_model, batch_size=config.student_batch_size))
+        try:
+            examples, card = generate_introspection(backend, cache, settings, assistant_name=config.student_name)
+        finally:
+            backend.close()
+        write_sft_dataset(step.path("sft.jsonl"), examples, card)
+        step.finish(counts={"examples": len(examples)})
+    return step
+
+
+def stage_train(run: Run, stage: str, model: ModelRef, data_path: Path, data_step: Step, training: TrainingConfig,
+                seed: int) -> Step:
+    """One LoRA training (``dpo`` or ``sft``) on top of ``model``'s frozen stack."""
+    from charlab.training.dpo import train_dpo
+    from charlab.training.sft import train_sft
+
+    step = run.step(stage, {"model": model.resolve().fingerprint, "data": data_step.digest,
+                            "training": training.model_dump(mode="json"), "seed": seed},
+                    version=PIPELINE_VERSION, label=stage)
+    if step.done:
+        return step
+    train = train_dpo if stage == "dpo" else train_sft
+    with step.running():  # a killed training leaves its checkpoints; the rerun resumes from them
+        result = train(model, data_path, step.path("adapter"), training, seed=seed, resume=True)
+        compute = result.compute.to_dict()
+        step.finish(counts={"examples": compute["examples"], "optimizer_steps": compute["optimizer_steps"]},
+                    tokens={"prompt": compute["prompt_tokens"], "completion": compute["completion_tokens"]},
+                    extra={"compute": compute, "resumed_from_step": result.resumed_from_step})
+    return step
