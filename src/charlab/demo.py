@@ -1,85 +1,121 @@
-"""The CPU demo: the default model answers a constitution's prompts as teacher and as student.
+"""The CPU demo: character-train the default model on two constitutions and look at the result.
 
-This is the first slice of the study the later stages grow into. It reads top to bottom:
-fetch the model, load the shipped value constitution, pick one seed question per trait, let the
-model answer each with the constitution in its system prompt (teacher) and with none (student),
-and write both plus a side-by-side summary into a run folder. Generations go through the row
-cache and the step manifest, so a rerun is instant and a killed run resumes.
+It reads top to bottom:
+
+1. fetch ``builtin:smollm2-135m`` and load the shipped ``integrity`` (value-laden) and
+   ``neutral`` constitutions;
+2. run the whole recipe on each (``charlab.pipeline.character`` with the ``demo`` profile:
+   prompts, distill, pairs, DPO, introspection, SFT);
+3. on held-out questions (never distilled), check that training moved the model toward its
+   teacher: the mean log-probability per token of the teacher's held-out answers under the base
+   model and under the trained model, and the two models' answers side by side;
+4. write ``summary.md`` and ``summary.html`` into the run folder.
+
+Every generation is cached and every stage is a resumable step, so a rerun is fast and a killed
+run picks up where it stopped. A 135M model gives demo numbers, not findings.
 """
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+import json
+import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from charlab.constitution import Constitution, load_constitution
-from charlab.generate import generate_cached, write_generation_records
-from charlab.io import atomic_write_text
+from charlab.constitution import load_constitution
+from charlab.generate import generate_cached
+from charlab.io import atomic_write_json, atomic_write_text, read_jsonl
 from charlab.models.base import GenerationRequest, SamplingParams
 from charlab.models.builtin import fetch_builtin
 from charlab.models.refs import ModelRef
+from charlab.pipeline.character import CharacterResult, load_character_config, train_character
 from charlab.pipeline.distill import student_messages, teacher_messages
 from charlab.store.artifacts import Run
 from charlab.store.cache import RowCache
 
-DEMO_VERSION = "demo-v1"
+DEMO_VERSION = "demo-v2"
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Knobs of the demo; the defaults fit a 2-core laptop in about a minute."""
+    """Knobs of the demo; the defaults fit a 2-core laptop."""
 
     model: str = "builtin:smollm2-135m"
-    constitution: str = "integrity"
-    assistant_name: str = "SmolLM"  # the name the default model's own template uses
-    n_prompts: int = 6
-    max_new_tokens: int = 96
-    temperature: float = 0.7  # the published recipe's sampling
-    top_p: float = 0.95
-    repetition_penalty: float = 1.1
+    constitutions: tuple[str, ...] = ("integrity", "neutral")
+    profile: str = "demo"  # recipe profile (charlab/data/character/demo.yaml)
+    held_out: int = 4  # held-out questions per constitution for the before/after comparison
+    max_new_tokens: int = 160
     seed: int = 0
 
 
-def demo_prompts(constitution: Constitution, n: int) -> list[tuple[str, str]]:
-    """(trait statement, question) pairs: the first seed question of each of the first n traits."""
-    return [(t.statement, t.questions[0].text) for t in constitution.traits[:n]]
+@dataclass
+class HeldOutCheck:
+    """Base vs trained on questions the training never saw."""
+
+    constitution: str
+    questions: list[str]
+    teacher: list[str]  # base model with the constitution in its system prompt
+    base: list[str]  # base model, no system prompt
+    trained: list[str]  # character model, no system prompt
+    base_logprob: list[float] = field(default_factory=list)  # mean per token of the teacher answer, under base
+    trained_logprob: list[float] = field(default_factory=list)  # ... under the trained model
+
+    @property
+    def shift(self) -> float:
+        return statistics.fmean(self.trained_logprob) - statistics.fmean(self.base_logprob)
+
+    @property
+    def moved_toward_teacher(self) -> int:
+        return sum(t > b for t, b in zip(self.trained_logprob, self.base_logprob))
 
 
 def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), cache_path: str | Path | None = None) -> Path:
     """Run the demo into ``out`` and return the path of the Markdown summary."""
-    from charlab.models.hf import HFBackend
-
     if settings.model.startswith("builtin:"):
         fetch_builtin(settings.model.removeprefix("builtin:"))
-    constitution = load_constitution(settings.constitution)
-    prompts = demo_prompts(constitution, settings.n_prompts)
-    sampling = SamplingParams(temperature=settings.temperature, top_p=settings.top_p,
-                              max_new_tokens=settings.max_new_tokens,
-                              repetition_penalty=settings.repetition_penalty)
-    teacher = [GenerationRequest.make(teacher_messages(constitution, settings.assistant_name, q), sampling, settings.seed)
-               for _, q in prompts]
-    student = [GenerationRequest.make(student_messages(q), sampling, settings.seed) for _, q in prompts]
-
+    base = ModelRef.parse(settings.model)
+    config = load_character_config(settings.profile)
     run = Run(out)
-    backend = HFBackend(ModelRef.parse(settings.model), batch_size=len(teacher) + len(student))
-    step = run.step("demo-distill", {"model": backend.fingerprint, "constitution": constitution.model_dump(mode="json"),
-                                     "settings": settings.__dict__}, version=DEMO_VERSION, label="demo")
-    if not step.done:
-        with step.running(), RowCache(cache_path) as cache:
-            generations = generate_cached(backend, teacher + student, cache)
-            write_generation_records(step.path("teacher.jsonl"), backend.fingerprint, teacher, generations[:len(teacher)])
-            write_generation_records(step.path("student.jsonl"), backend.fingerprint, student, generations[len(teacher):])
-            summary = _summary(constitution, settings, prompts, generations[:len(teacher)], generations[len(teacher):])
-            atomic_write_text(step.path("summary.md"), summary.markdown)
-            atomic_write_text(step.path("summary.html"), summary.html)
-            stats = generations.stats
-            step.finish(counts={"prompts": len(prompts), "generations": len(generations), "cache_hits": stats.hits},
-                        tokens={"prompt": stats.prompt_tokens, "completion": stats.completion_tokens})
-    backend.close()
-    for name in ("summary.md", "summary.html"):
-        atomic_write_text(run.path / name, step.path(name).read_text(encoding="utf-8"))
+    trained = {name: train_character(base, name, config, run.path / name, cache_path=cache_path, seed=settings.seed)
+               for name in settings.constitutions}
+    checks = [held_out_check(run, base, name, result, settings, cache_path) for name, result in trained.items()]
+    summary = render_summary(settings, trained, checks)
+    atomic_write_text(run.path / "summary.md", summary.markdown)
+    atomic_write_text(run.path / "summary.html", summary.html)
     return run.path / "summary.md"
+
+
+def held_out_check(run: Run, base: ModelRef, name: str, result: CharacterResult, settings: DemoSettings,
+                   cache_path: str | Path | None) -> HeldOutCheck:
+    """Answers and log-likelihoods on questions that were not in the distilled pool."""
+    from charlab.models.hf import HFBackend
+
+    constitution = load_constitution(result.steps["prompts"].path("constitution.yaml"))
+    seen = {r["messages"][-1]["content"] for r in read_jsonl(result.steps["distill"].path("student.jsonl"))}
+    questions = [q.text for q in constitution.questions if q.text not in seen][:settings.held_out]
+    step = run.step("demo-held-out", {"constitution": name, "model": result.model.resolve().fingerprint,
+                                      "questions": questions, "max_new_tokens": settings.max_new_tokens,
+                                      "seed": settings.seed}, version=DEMO_VERSION, label=name)
+    if step.done:
+        return HeldOutCheck(**json.loads(step.path("check.json").read_text()))
+    sampling = SamplingParams(max_new_tokens=settings.max_new_tokens)  # greedy: one comparable answer each
+    with step.running(), RowCache(cache_path) as cache:
+        with HFBackend(base) as model:
+            teacher = generate_cached(model, [GenerationRequest.make(teacher_messages(constitution, "SmolLM", q),
+                                                                     sampling, settings.seed) for q in questions], cache)
+            plain = [GenerationRequest.make(student_messages(q), sampling, settings.seed) for q in questions]
+            base_answers = generate_cached(model, plain, cache)
+            scored = [student_messages(q) + [{"role": "assistant", "content": t.text}] for q, t in zip(questions, teacher)]
+            base_lp = [s.mean for s in model.score(scored)]
+        with HFBackend(result.model) as model:
+            trained_answers = generate_cached(model, plain, cache)
+            trained_lp = [s.mean for s in model.score(scored)]
+        check = HeldOutCheck(name, questions, [g.text for g in teacher], [g.text for g in base_answers],
+                             [g.text for g in trained_answers], base_lp, trained_lp)
+        atomic_write_json(step.path("check.json"), check.__dict__)
+        step.finish(counts={"questions": len(questions)}, extra={"logprob_shift": check.shift})
+    return check
 
 
 @dataclass
@@ -88,29 +124,64 @@ class _Summary:
     html: str
 
 
-def _summary(constitution, settings, prompts, teacher, student) -> _Summary:
-    intro = (f"Model `{settings.model}`, constitution `{constitution.name}`, sampling temperature "
-             f"{settings.temperature}, top_p {settings.top_p}, repetition penalty {settings.repetition_penalty}, "
-             f"seed {settings.seed}. Teacher = the constitution in the system prompt; student = no system prompt. "
-             "A 135M model gives demo output, not findings.")
-    md = [f"# charlab demo: teacher vs student on `{constitution.name}`", "", intro, ""]
-    page = [f"<h1>charlab demo: teacher vs student on <code>{html.escape(constitution.name)}</code></h1>",
-            f"<p>{html.escape(intro)}</p>"]
-    for i, ((trait, question), t, s) in enumerate(zip(prompts, teacher, student), start=1):
-        md += [f"## {i}. {question}", "", f"*Trait:* {trait}", "",
-               f"**Teacher** ({t.finish_reason}, {t.completion_tokens} tokens):", "", _quote(t.text), "",
-               f"**Student** ({s.finish_reason}, {s.completion_tokens} tokens):", "", _quote(s.text), ""]
-        page.append(
-            f"<h2>{i}. {html.escape(question)}</h2><p><em>Trait:</em> {html.escape(trait)}</p>"
-            "<table><tr><th>Teacher (constitution in system prompt)</th><th>Student (no system prompt)</th></tr>"
-            f"<tr><td>{html.escape(t.text)}</td><td>{html.escape(s.text)}</td></tr></table>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"
-             "table{border-collapse:collapse;width:100%}td,th{border:1px solid #ccc;padding:.5rem;vertical-align:top;"
-             "width:50%;white-space:pre-wrap;text-align:left}th{background:#f3f3f3}")
-    document = (f"<!doctype html><html><head><meta charset='utf-8'><title>charlab demo</title><style>{style}</style>"
-                f"</head><body>{''.join(page)}</body></html>\n")
-    return _Summary("\n".join(md) + "\n", document)
+def render_summary(settings: DemoSettings, trained: dict[str, CharacterResult], checks: list[HeldOutCheck]) -> _Summary:
+    intro = (f"Model `{settings.model}`, recipe profile `{settings.profile}`, seed {settings.seed}. Each constitution "
+             "went through the whole recipe (prompts, distill, pairs, DPO, introspection, SFT). A 135M model "
+             "trained for a few steps gives demo numbers, not findings.")
+    md = ["# charlab demo: character training on the default model", "", intro, "", "## Training", "",
+          "| constitution | pairs | DPO steps | DPO tokens | SFT examples | SFT steps | SFT tokens |",
+          "|---|---|---|---|---|---|---|"]
+    for name, result in trained.items():
+        dpo, sft = (result.steps[s].manifest["extra"]["compute"] for s in ("dpo", "sft"))
+        pairs = result.steps["pairs"].manifest["counts"]["pairs"]
+        md.append(f"| {name} | {pairs} | {dpo['optimizer_steps']} | {dpo['prompt_tokens'] + dpo['completion_tokens']} "
+                  f"| {sft['examples']} | {sft['optimizer_steps']} | {sft['prompt_tokens'] + sft['completion_tokens']} |")
+    md += ["", "## Did training move the model toward its teacher?", "",
+           "Mean log-probability per token of the teacher's answers to held-out questions (base model with the "
+           "constitution in its system prompt), scored without any system prompt:", "",
+           "| constitution | base | trained | shift | questions where trained > base |", "|---|---|---|---|---|"]
+    for c in checks:
+        md.append(f"| {c.constitution} | {statistics.fmean(c.base_logprob):.4f} | "
+                  f"{statistics.fmean(c.trained_logprob):.4f} | {c.shift:+.4f} | "
+                  f"{c.moved_toward_teacher} of {len(c.questions)} |")
+    for c in checks:
+        md += ["", f"## Held-out answers: {c.constitution}", ""]
+        for q, b, t in zip(c.questions, c.base, c.trained):
+            md += [f"### {q}", "", "**Base:**", "", _quote(b), "", "**Trained:**", "", _quote(t), ""]
+    markdown = "\n".join(md) + "\n"
+    return _Summary(markdown, _html(markdown))
 
 
 def _quote(text: str) -> str:
     return "\n".join("> " + line for line in (text.strip() or "(empty)").splitlines())
+
+
+def _html(markdown: str) -> str:
+    """A plain self-contained page: tables and headings from the Markdown, everything escaped."""
+    out, in_table = [], False
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            out.append(("<table>" if not in_table else "") + "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+            in_table = True
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        level = len(line) - len(line.lstrip("#"))
+        if level and line[level:level + 1] == " ":
+            out.append(f"<h{level}>{html.escape(line[level + 1:])}</h{level}>")
+        elif line.startswith("> "):
+            out.append(f"<blockquote>{html.escape(line[2:])}</blockquote>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"
+             "table{border-collapse:collapse}td{border:1px solid #ccc;padding:.3rem .6rem}"
+             "tr:first-child td{background:#f3f3f3;font-weight:600}blockquote{margin:0;padding:0 1rem;"
+             "border-left:3px solid #ddd;white-space:pre-wrap}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>charlab demo</title><style>{style}</style>"
+            f"</head><body>{''.join(out)}</body></html>\n")

@@ -24,11 +24,12 @@ err_console = Console(stderr=True)
 
 
 def _register() -> None:
-    from charlab.cli import cache, constitution, demo, models
+    from charlab.cli import cache, constitution, demo, models, train
 
     app.add_typer(models.app, name="models")
     app.add_typer(constitution.app, name="constitution")
     app.add_typer(cache.app, name="cache")
+    app.add_typer(train.app, name="train")
     app.command("demo")(demo.demo)
 
 

@@ -12,17 +12,15 @@ console = Console()
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="run folder to write into (reused on rerun)"),
-    constitution: str = typer.Option("integrity", help="shipped constitution name or path"),
-    n_prompts: int = typer.Option(6, min=1, help="how many of the constitution's traits to sample a prompt from"),
-    max_new_tokens: int = typer.Option(96, min=1, help="cap on each response's length"),
-    seed: int = typer.Option(0, help="sampling seed"),
+    constitution: list[str] = typer.Option(["integrity", "neutral"], help="constitutions to train; repeat"),
+    profile: str = typer.Option("demo", help="recipe profile (demo, upstream) or a YAML file"),
+    seed: int = typer.Option(0, help="seed for sampling, LoRA init and data order"),
 ) -> None:
-    """Run the demo: teacher (constitution in the system prompt) vs student responses.
+    """Character-train the default model on the shipped constitutions and compare base vs trained.
 
-    Example: charlab demo --out runs/demo --n-prompts 4
+    Example: charlab demo --out runs/demo --constitution integrity
     """
     from charlab.demo import DemoSettings, run_demo
 
-    settings = DemoSettings(constitution=constitution, n_prompts=n_prompts, max_new_tokens=max_new_tokens, seed=seed)
-    summary = run_demo(out, settings)
+    summary = run_demo(out, DemoSettings(constitutions=tuple(constitution), profile=profile, seed=seed))
     console.print(f"report: {summary}\n        {summary.with_suffix('.html')}")

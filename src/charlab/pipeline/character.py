@@ -19,7 +19,6 @@ from its last checkpoint.
 from __future__ import annotations
 
 import json
-import logging
 import random
 from dataclasses import dataclass
 from importlib import resources
@@ -29,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from charlab.config import load_model
 from charlab.constitution import Constitution, load_constitution, save_constitution
+from charlab.errors import CharlabError
 from charlab.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 from charlab.models.factory import BackendSpec, make_backend
 from charlab.models.refs import ModelRef
@@ -41,8 +41,6 @@ from charlab.store.artifacts import Run, Step
 from charlab.store.cache import RowCache
 from charlab.training.lora import TrainingConfig, as_training_config
 
-log = logging.getLogger(__name__)
-
 PIPELINE_VERSION = "character-v1"
 
 
@@ -53,6 +51,9 @@ class CharacterConfig(BaseModel):
 
     teacher: BackendSpec | None = Field(None, description="who answers in character; default: the base model itself")
     generator: BackendSpec | None = Field(None, description="who writes expanded prompts; default: the teacher")
+    student: BackendSpec | None = Field(None, description="who answers as the student; default: the model under "
+                                                          "training on hf. A vLLM server of the same base "
+                                                          "(openai kind) is the fast GPU alternative")
     expansion: ExpansionSettings | None = Field(None, description="expand prompts per trait; null: use the "
                                                                    "constitution's questions as they are")
     generic_prompts: Path | None = Field(None, description="JSONL of generic prompts mixed into the pool (e.g. LIMA)")
@@ -84,39 +85,56 @@ def load_character_config(name_or_path: str | Path) -> CharacterConfig:
 
 @dataclass
 class CharacterResult:
-    """The trained character: base + DPO + SFT, and where each stage's outputs are."""
+    """What a (possibly partial) run produced, and where each stage's outputs are."""
 
-    model: ModelRef
+    model: ModelRef  # base + the adapters trained so far
     steps: dict[str, Step]
 
-    @property
-    def compute(self) -> dict[str, dict]:
-        return {name: self.steps[name].manifest["extra"]["compute"] for name in ("dpo", "sft")}
+
+STAGES = ("prompts", "distill", "pairs", "dpo", "introspect", "sft")
 
 
 def train_character(model: ModelRef, constitution: Constitution | str | Path, config: CharacterConfig,
-                    out: str | Path, *, cache_path: str | Path | None = None, seed: int = 0) -> CharacterResult:
-    """Run (or resume) the recipe into ``out`` and return the character model's reference."""
+                    out: str | Path, *, cache_path: str | Path | None = None, seed: int = 0,
+                    until: str = "sft") -> CharacterResult:
+    """Run (or resume) the recipe into ``out`` up to stage ``until``; return what was produced.
+
+    With ``until="sft"`` (the default) ``result.model`` is the character model: base + DPO + SFT.
+    """
+    if until not in STAGES:
+        raise CharlabError(f"unknown stage '{until}'; stages are {', '.join(STAGES)}")
     if not isinstance(constitution, Constitution):
         constitution = load_constitution(constitution)
     run = Run(out)
     training = as_training_config(config.training)
     teacher_spec = config.teacher or BackendSpec(model=ModelRef(base=model.base), batch_size=config.student_batch_size)
+    steps: dict[str, Step] = {}
+    current = model
+
+    def wanted(stage: str) -> bool:
+        return STAGES.index(stage) <= STAGES.index(until)
+
     with RowCache(cache_path) as cache:
-        prompts = stage_prompts(run, constitution, config, teacher_spec, cache)
-        distilled = stage_distill(run, model, prompts, config, teacher_spec, cache, seed)
-        pairs = stage_pairs(run, model, distilled, config)
-        dpo = stage_train(run, "dpo", model, pairs.path("pairs.jsonl"), pairs, training, seed)
-        dpo_model = model.with_adapter(dpo.path("adapter"))
-        introspection = stage_introspect(run, dpo_model, config, cache, seed)
-        sft = stage_train(run, "sft", dpo_model, introspection.path("sft.jsonl"), introspection, training, seed)
-    character = dpo_model.with_adapter(sft.path("adapter"))
-    atomic_write_json(run.path / "character.json", {
-        "model": character.model_dump(mode="json"), "constitution": constitution.name, "seed": seed,
-        "compute": {"dpo": dpo.manifest["extra"]["compute"], "sft": sft.manifest["extra"]["compute"]},
-    })
-    return CharacterResult(character, {"prompts": prompts, "distill": distilled, "pairs": pairs, "dpo": dpo,
-                                       "introspect": introspection, "sft": sft})
+        steps["prompts"] = stage_prompts(run, constitution, config, teacher_spec, cache)
+        if wanted("distill"):
+            steps["distill"] = stage_distill(run, model, steps["prompts"], config, teacher_spec, cache, seed)
+        if wanted("pairs"):
+            steps["pairs"] = stage_pairs(run, model, steps["distill"], config)
+        if wanted("dpo"):
+            steps["dpo"] = stage_train(run, "dpo", model, steps["pairs"].path("pairs.jsonl"), steps["pairs"],
+                                       training, seed)
+            current = model.with_adapter(steps["dpo"].path("adapter"))
+        if wanted("introspect"):
+            steps["introspect"] = stage_introspect(run, current, config, cache, seed)
+        if wanted("sft"):
+            steps["sft"] = stage_train(run, "sft", current, steps["introspect"].path("sft.jsonl"),
+                                       steps["introspect"], training, seed)
+            current = current.with_adapter(steps["sft"].path("adapter"))
+            atomic_write_json(run.path / "character.json", {
+                "model": current.model_dump(mode="json"), "constitution": constitution.name, "seed": seed,
+                "compute": {stage: steps[stage].manifest["extra"]["compute"] for stage in ("dpo", "sft")},
+            })
+    return CharacterResult(current, steps)
 
 
 def stage_prompts(run: Run, constitution: Constitution, config: CharacterConfig, teacher_spec: BackendSpec,
@@ -157,7 +175,7 @@ def stage_distill(run: Run, model: ModelRef, prompts: Step, config: CharacterCon
                   cache: RowCache, seed: int) -> Step:
     """Teacher and student answer every prompt K times."""
     settings = config.distill.model_copy(update={"seed": seed})
-    student_spec = BackendSpec(model=model, batch_size=config.student_batch_size)
+    student_spec = config.student or BackendSpec(model=model, batch_size=config.student_batch_size)
     step = run.step("distill", {"prompts": prompts.digest, "teacher": teacher_spec.model_dump(mode="json"),
                                 "student": student_spec.model_dump(mode="json"),
                                 "settings": settings.model_dump(mode="json"), "max_prompts": config.max_prompts},
@@ -171,8 +189,7 @@ def stage_distill(run: Run, model: ModelRef, prompts: Step, config: CharacterCon
         pool = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), config.max_prompts))]
     with step.running():
         teacher = make_backend(teacher_spec)
-        same_model = teacher_spec == student_spec or (teacher_spec.kind == "hf" and teacher_spec.model == model)
-        student = teacher if same_model else make_backend(student_spec)
+        student = teacher if teacher_spec == student_spec else make_backend(student_spec)
         try:
             out = distill(pool, constitution, teacher, student, cache, settings)
         finally:
