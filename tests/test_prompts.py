@@ -1,8 +1,8 @@
 """Prompt expansion: list parsing, duplicates, round accounting, caching, and generic prompt files.
 
-Accounting is checked exactly with a scripted backend that returns hand-written lists; one run
-with the tiny random model (which writes gibberish) checks the same arithmetic and caching with
-a real generator behind ``generate_cached``.
+Accounting is checked exactly with the OpenAI backend talking to a fake server (tests/fake_openai.py)
+that returns hand-written lists; one run with the tiny random model (which writes gibberish) checks
+the same arithmetic and caching with a real generator behind ``generate_cached``.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import json
 import re
 
 import pytest
+from fake_openai import FakeOpenAI
 from pydantic import ValidationError
 
 from charlab.constitution import Constitution
 from charlab.errors import ConfigError
-from charlab.models.base import Generation, NotSupportedError
 from charlab.models.hf import HFBackend
+from charlab.models.openai_compat import OpenAIBackend, OpenAIConfig, api_seed
 from charlab.models.refs import ModelRef
 from charlab.pipeline.prompts import (
     ExpansionSettings,
@@ -106,35 +107,41 @@ def test_template_fields_are_checked():
     assert ExpansionSettings(template="Trait: {trait}. Give {n}.").template
 
 
-# -- expansion with a scripted generator ----------------------------------------------------------
+# -- expansion with a scripted generator server ---------------------------------------------------
 
 
-class ScriptedBackend:
-    """Answers each (trait, round) with a hand-written list; counts the calls it actually gets."""
+def api_backend(server: FakeOpenAI) -> OpenAIBackend:
+    """The real API backend pointed at the fake server, retrying fast."""
+    return OpenAIBackend(OpenAIConfig(base_url=server.url, model="generator", max_retries=2,
+                                      backoff_base_s=0.01, backoff_max_s=0.05))
 
-    name = "scripted"
-    fingerprint = "scripted-1"
-    batch_size = 8
 
-    def __init__(self, script: dict[tuple[int, int], str], cut_off: frozenset = frozenset()):
-        self.script = script
-        self.cut_off = cut_off
-        self.calls = 0
+# The backend sends api_seed(seed, sample_index); expansion uses sample_index = round and seed 0.
+ROUND_OF_SEED = {api_seed(0, r): r for r in range(10)}
 
-    def generate(self, requests, *, progress=False):
-        self.calls += len(requests)
-        out = []
-        for r in requests:
-            trait = next(i for i, t in enumerate(CONSTITUTION.traits) if t.statement in r.messages[-1][1])
-            key = (trait, r.sample_index)
-            out.append(Generation(self.script.get(key, ""), "length" if key in self.cut_off else "stop", 10, 10))
-        return out
 
-    def score(self, conversations):
-        raise NotSupportedError("scripted")
+def at_token_limit(text: str, body: dict) -> str:
+    """A reply the server cuts right after ``text``: chatter in front fills ``max_tokens`` up to its last word.
 
-    def close(self):
-        pass
+    The server counts whitespace-separated words as tokens, keeps the first ``max_tokens`` and
+    reports finish_reason "length"; the words after ``text`` are what the cap cut off.
+    """
+    filler = body["max_tokens"] - len(text.split())
+    assert filler >= 0, "text is longer than max_tokens"
+    return "so " * filler + "\n" + text + " and the words past the cap"
+
+
+def scripted_lists(cut_off: frozenset = frozenset()):
+    """Answers each (trait, round) with a hand-written list; lists in ``cut_off`` hit max_tokens."""
+
+    def reply(body: dict) -> str:
+        prompt = body["messages"][-1]["content"]
+        trait = next(i for i, t in enumerate(CONSTITUTION.traits) if t.statement in prompt)
+        key = (trait, ROUND_OF_SEED[body["seed"]])
+        text = SCRIPT.get(key, "")
+        return at_token_limit(text, body) if key in cut_off else text
+
+    return reply
 
 
 SCRIPT = {
@@ -153,17 +160,16 @@ SCRIPT = {
 
 
 def test_expansion_accounts_for_every_item_and_reports_a_short_trait(tmp_path, caplog):
-    backend = ScriptedBackend(SCRIPT, cut_off=frozenset({(1, 1)}))
     settings = ExpansionSettings(target_per_trait=6, per_call=4, max_rounds=3)
-
-    expanded, card = expand_constitution(CONSTITUTION, backend, RowCache(tmp_path / "cache.sqlite"), settings)
+    with FakeOpenAI(reply=scripted_lists(cut_off=frozenset({(1, 1)}))) as server, api_backend(server) as backend:
+        expanded, card = expand_constitution(CONSTITUTION, backend, RowCache(tmp_path / "cache.sqlite"), settings)
 
     assert [q.text for q in expanded.traits[0].expanded] == [
         "Can you tell me who wins the next World Cup?", "How many people are thinking of pizza right now?",
         "What did I have for breakfast?", "What number am I thinking of?"]
     assert [q.text for q in expanded.traits[1].expanded] == ["Is the earth flat?"]
     assert expanded.traits[0].questions == CONSTITUTION.traits[0].questions
-    assert backend.calls == 5  # trait 0 is done after 2 rounds, trait 1 uses all 3
+    assert len(server.chat_requests) == 5  # trait 0 is done after 2 rounds, trait 1 uses all 3
 
     rows = {row["trait"]: row for row in card.tables["traits"]}
     assert {k: rows[0][k] for k in ("calls", "parsed", "cut_off", "exact_duplicate", "near_duplicate", "surplus",
@@ -188,24 +194,28 @@ def test_expansion_accounts_for_every_item_and_reports_a_short_trait(tmp_path, c
 def test_a_rerun_is_served_from_the_cache_and_a_higher_target_only_pays_for_new_rounds(tmp_path):
     cache = RowCache(tmp_path / "cache.sqlite")
     settings = ExpansionSettings(target_per_trait=6, per_call=4, max_rounds=3)
-    first, _ = expand_constitution(CONSTITUTION, ScriptedBackend(SCRIPT), cache, settings)
+    with FakeOpenAI(reply=scripted_lists()) as server:  # one server: the same URL is the same model to the cache
+        with api_backend(server) as backend:
+            first, _ = expand_constitution(CONSTITUTION, backend, cache, settings)
+        paid = len(server.chat_requests)
 
-    again = ScriptedBackend(SCRIPT)
-    second, card = expand_constitution(CONSTITUTION, again, cache, settings)
-    assert again.calls == 0 and second == first
-    assert all(r["generated"] == 0 and r["from cache"] == r["traits asked"] for r in card.tables["rounds"])
+        with api_backend(server) as again:
+            second, card = expand_constitution(CONSTITUTION, again, cache, settings)
+        assert len(server.chat_requests) == paid and second == first
+        assert all(r["generated"] == 0 and r["from cache"] == r["traits asked"] for r in card.tables["rounds"])
 
-    more = ScriptedBackend(SCRIPT)
-    expand_constitution(CONSTITUTION, more, cache, settings.model_copy(update={"max_rounds": 4}))
-    assert more.calls == 1  # only trait 1's fourth round is new
+        with api_backend(server) as more:
+            expand_constitution(CONSTITUTION, more, cache, settings.model_copy(update={"max_rounds": 4}))
+        assert len(server.chat_requests) == paid + 1  # only trait 1's fourth round is new
 
 
 def test_existing_expanded_questions_are_replaced_with_a_warning(tmp_path):
     data = CONSTITUTION.model_dump(mode="json")
     data["traits"][0]["expanded"] = ["An old generated question?"]
     settings = ExpansionSettings(target_per_trait=3, per_call=4, max_rounds=1)
-    expanded, card = expand_constitution(Constitution.model_validate(data), ScriptedBackend(SCRIPT),
-                                         RowCache(tmp_path / "c.sqlite"), settings)
+    with FakeOpenAI(reply=scripted_lists()) as server, api_backend(server) as backend:
+        expanded, card = expand_constitution(Constitution.model_validate(data), backend,
+                                             RowCache(tmp_path / "c.sqlite"), settings)
     assert "An old generated question?" not in [q.text for q in expanded.traits[0].expanded]
     assert "already has expanded questions" in card.warnings[0]
 

@@ -116,7 +116,8 @@ def test_profiles_hold_the_published_defaults():
     assert (upstream.dpo.beta, upstream.dpo.nll_coef, upstream.dpo.max_length, upstream.sft.max_length) == (
         0.1, 0.1, 1024, 3072)
     demo = load_training_config("demo")
-    assert demo.lora.rank == 8 and demo.optim.per_device_batch == 2 and demo.dpo.max_length <= 256
+    assert demo.lora.rank < upstream.lora.rank and demo.optim.global_batch < upstream.optim.global_batch
+    assert demo.dpo.max_length <= upstream.dpo.max_length and demo.sft.max_length <= upstream.sft.max_length
 
 
 def test_config_errors_point_at_the_line(tmp_path):
