@@ -111,19 +111,6 @@ def test_each_chunk_is_stored_before_the_next_is_generated(tmp_path):
     assert backend.calls == [2] and outs.stats.hits == 6
 
 
-def test_error_rows_are_returned_but_not_cached(tmp_path):
-    class Flaky(EchoBackend):
-        def generate(self, requests, *, progress=False):
-            outs = super().generate(requests)
-            outs[0] = Generation("", "error", 0, 0)
-            return outs
-
-    cache = RowCache(tmp_path / "c.sqlite")
-    outs = generate_cached(Flaky(), [ask("a"), ask("b")], cache, progress=False)
-    assert [g.finish_reason for g in outs] == ["error", "stop"]
-    assert cache.stats().rows == 1
-
-
 def test_generation_records_follow_the_contract(tmp_path):
     sampling = SamplingParams(temperature=0.7, max_new_tokens=9)
     requests = [ask("hi", sampling=sampling, seed=3, sample_index=1), ask("yo")]

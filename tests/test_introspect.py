@@ -18,9 +18,9 @@ from fake_openai import FakeOpenAI, Fault
 
 from charlab.errors import BackendError, CharlabError
 from charlab.generate import generate_cached
-from charlab.models.base import Generation, GenerationRequest, SamplingParams
+from charlab.models.base import GenerationRequest, SamplingParams
 from charlab.models.openai_compat import OpenAIBackend, OpenAIConfig, api_seed
-from charlab.pipeline.introspect import IntrospectionSettings, _defect, generate_introspection, write_sft_dataset
+from charlab.pipeline.introspect import IntrospectionSettings, generate_introspection, write_sft_dataset
 from charlab.store.cache import RowCache
 
 pytestmark = pytest.mark.timeout(120)
@@ -225,19 +225,11 @@ def test_a_bad_turn_ends_its_conversation_and_the_card_counts_why(tmp_path):
     assert spoken == {(0, "A"): ["c0t0"], (0, "B"): ["c0t1"], (2, "A"): ["c2t0"]}
     assert card.tables["self-interaction"] == [{
         "variant": "leading", "conversations": 3, "complete": 0, "turns_generated": 6, "turns_kept": 3,
-        "cut_error": 0, "cut_empty": 1, "cut_truncated": 2, "examples": 3,
+        "cut_empty": 1, "cut_truncated": 2, "examples": 3,
     }]
     assert (card.inputs, card.outputs, card.drops["never_spoke"].count) == (6, 3, 3)
     assert [d["cut_by"] for d in card.drops["never_spoke"].examples] == ["empty", "empty", "truncated"]
-    assert card.warnings == []  # nothing failed to generate, so there is nothing to rerun
-
-
-def test_a_failed_generation_is_an_error_before_anything_else():
-    """No backend reports finish_reason "error" today: an API request that fails for good raises
-    BackendError for its whole batch (see the killed-run test), and hf and vllm only say "stop" or
-    "length". The label for such a row is checked here on its own."""
-    assert _defect(Generation("c2t1", "error", 5, 3), keep_truncated=True) == "error"
-    assert _defect(Generation("", "error", 5, 0), keep_truncated=False) == "error"
+    assert card.warnings == []
 
 
 def test_keep_truncated_keeps_the_turn_and_the_conversation_goes_on(tmp_path):

@@ -58,8 +58,7 @@ def generate_cached(backend: Backend, requests: Sequence[GenerationRequest], cac
                     progress: bool = True, chunk_size: int | None = None) -> CachedGenerations:
     """One Generation per request, in order, generating only what the cache does not hold.
 
-    Identical requests are generated once. Rows that finished with ``finish_reason == "error"``
-    are returned but not cached, so a rerun tries them again.
+    Identical requests are generated once.
     """
     started = time.monotonic()
     fingerprint = backend.fingerprint
@@ -77,7 +76,7 @@ def generate_cached(backend: Backend, requests: Sequence[GenerationRequest], cac
                 raise BackendError(f"backend {backend.name} returned {len(outs)} generations for "
                                    f"{len(chunk)} requests; this is a bug in the backend")
             cache.put_many([CacheRow(k, fingerprint, g.to_dict(), g.prompt_tokens, g.completion_tokens)
-                            for (k, _), g in zip(chunk, outs) if g.finish_reason != "error"])
+                            for (k, _), g in zip(chunk, outs)])
             for (k, _), g in zip(chunk, outs):
                 found[k] = g
                 stats.generated += 1

@@ -15,7 +15,7 @@ from typing import Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Role = Literal["system", "user", "assistant"]
-FinishReason = Literal["stop", "length", "error"]
+FinishReason = Literal["stop", "length"]
 
 
 def check_messages(messages: Sequence[dict], where: str = "messages") -> list[dict[str, str]]:

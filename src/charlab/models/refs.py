@@ -161,7 +161,7 @@ def _weights_fingerprint(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _adapter_fingerprint(folder: Path) -> str:
+def adapter_fingerprint(folder: Path) -> str:
     digest = hashlib.sha256()
     for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
         if (folder / name).is_file():
@@ -231,7 +231,7 @@ def resolve(ref: ModelRef) -> ResolvedModel:
             if not (folder / "adapter_config.json").is_file():
                 raise ModelError(f"adapter folder {folder} has no adapter_config.json; is it a PEFT adapter?")
             _check_adapter_base(folder, ref, load_from, base_fp)
-            adapters.append(ResolvedAdapter(adapter, str(folder), None, None, f"local:{_adapter_fingerprint(folder)}"))
+            adapters.append(ResolvedAdapter(adapter, str(folder), None, None, f"local:{adapter_fingerprint(folder)}"))
         else:
             adapters.append(ResolvedAdapter(adapter, adapter.repo, adapter.subfolder, adapter.revision,
                                             f"hub:{adapter}"))

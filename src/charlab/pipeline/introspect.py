@@ -32,7 +32,7 @@ assistant name; any placeholder left unfilled is an error before anything is gen
 Generation goes turn by turn: each turn is one ``generate_cached`` call over every live
 conversation, from the speaking copy's point of view, so a killed run resumes from cached turns.
 
-Filtering. A turn that failed, came back empty, or stopped at ``max_new_tokens`` ends its
+Filtering. A turn that came back empty or stopped at ``max_new_tokens`` ends its
 conversation there: the turns before it are kept, and no later turn is generated, since the other
 copy would be answering a broken message. A truncated turn ends mid-sentence, and the SFT trainer
 puts loss on the end-of-turn token after it, teaching the model to stop mid-thought; so it is
@@ -68,7 +68,7 @@ Variant = Literal["free", "leading"]
 Perspective = Literal["A", "B"]
 Example = dict  # {"messages": [...], "meta": {...}}, the SFT contract
 
-DROP_REASONS = ("error", "empty", "truncated")
+DROP_REASONS = ("empty", "truncated")
 _PLACEHOLDER = re.compile(r"\{\w*\}")
 _Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 M = TypeVar("M", bound=BaseModel)
@@ -244,8 +244,6 @@ def _prepare_texts(settings: IntrospectionSettings, name: str | None) -> _Texts:
 
 def _defect(generation: Generation, keep_truncated: bool) -> str | None:
     """Why a generated turn cannot be trained on (one of DROP_REASONS), or None."""
-    if generation.finish_reason == "error":
-        return "error"
     if not generation.text.strip():
         return "empty"
     if generation.finish_reason == "length" and not keep_truncated:
@@ -283,11 +281,10 @@ def _reflections(backend: Backend, cache: RowCache, settings: IntrospectionSetti
             "meta": {"kind": "reflection", "prompt_id": pid, "sample_index": index},
         })
     card.step("usable reflections", card.outputs - (len(asked) - len(examples)),
-              "reflection answers that did not fail, are not empty and "
+              "reflection answers that are not empty and "
               + ("may be truncated" if settings.keep_truncated else "did not stop at max_new_tokens"))
     card.tables["reflection prompts"] = [{"prompt_id": pid, "generated": settings.reflection_samples, "kept": kept[pid]}
                                          for pid, _ in texts.prompts]
-    _warn_failed(card, sum(g.finish_reason == "error" for g in outputs), "reflection answers")
     return examples
 
 
@@ -362,8 +359,6 @@ def _interactions(backend: Backend, cache: RowCache, settings: IntrospectionSett
               "each copy's view of a conversation, kept if that copy spoke at least one kept turn")
     card.tables["self-interaction"] = [_variant_row(v, conversations, asked[v], examples)
                                        for v in settings.include_variants]
-    _warn_failed(card, sum(c.ended_by == "error" for c in conversations),
-                 "conversation turns (each ended its conversation)")
     return examples
 
 
@@ -375,11 +370,6 @@ def _variant_row(variant: str, conversations: list[_Conversation], asked: int, e
             "turns_generated": asked, "turns_kept": sum(len(c.turns) for c in mine),
             **{f"cut_{reason}": cut[reason] for reason in DROP_REASONS},
             "examples": sum(e["meta"]["variant"] == variant for e in examples if e["meta"]["kind"] == "interaction")}
-
-
-def _warn_failed(card: DatasetCard, failed: int, what: str) -> None:
-    if failed:
-        card.warn(f"{failed} {what} failed to generate; rerun to retry them (failed rows are never cached)")
 
 
 def _interleave(first: list[Example], second: list[Example]) -> list[Example]:

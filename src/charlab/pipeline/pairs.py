@@ -8,17 +8,16 @@ character has to move into the weights.
 Filters run in this order, and the card counts what each one left:
 
 1. matched    - the student answered the same prompt with the same sample index;
-2. no errors  - neither generation failed (``finish_reason == "error"``);
-3. non-empty  - both responses have text;
-4. complete   - neither response was cut off: ``finish_reason == "length"``, a code block left
+2. non-empty  - both responses have text;
+3. complete   - neither response was cut off: ``finish_reason == "length"``, a code block left
                 open, or a text that does not end like a finished reply (``PairSettings.endings``,
                 a closing code fence, or an emoji); a reply that stops mid-sentence teaches the
                 student to stop mid-sentence;
-5. fits       - prompt + response, rendered with the STUDENT's chat template and tokenizer (the
+4. fits       - prompt + response, rendered with the STUDENT's chat template and tokenizer (the
                 tokens DPO will see), is at most ``max_length`` tokens for both sides; a trainer
                 would otherwise truncate the tail that carries most of the character.
 
-Between 4 and 5 the teacher's names in the chosen reply become the student's, and after 5 any
+Between 3 and 4 the teacher's names in the chosen reply become the student's, and after 4 any
 surviving ``{NAME}``-style placeholder (an unformatted template) stops the stage with an error:
 a placeholder in training data teaches the model to say "{NAME}".
 """
@@ -225,7 +224,6 @@ class _Candidate:
 
 _HINTS = {
     "unmatched": "teacher and student must answer the same prompts with the same sample indices",
-    "generation_error": "a backend failed on these rows; rerun generation (failed rows are not cached)",
     "empty": "a model returned no text; check its chat template and stop tokens",
     "truncated": "replies were cut off; raise max_new_tokens for generation",
     "too_long": "raise max_length or shorten the replies",
@@ -252,7 +250,6 @@ def build_pairs(teacher_records: Iterable[Mapping[str, Any]], student_records: I
         settings={"tokenizer": str(tokenizer.name_or_path), **settings.model_dump(mode="json")},
     )
     candidates = _match(teachers, students, card)
-    candidates = card.filter("no errors", "neither generation failed", candidates, _failed)
     candidates = card.filter("non-empty", "both replies have text", candidates, _empty)
     candidates = card.filter("complete", "neither reply was cut off (token limit or unfinished last sentence)",
                              candidates, lambda c: _truncated(c, settings))
@@ -290,11 +287,6 @@ def _match(teachers: list[_Record], students: list[_Record], card: DatasetCard) 
 
 def _sides(c: _Candidate) -> dict[str, _Record]:
     return {"teacher": c.teacher, "student": c.student}
-
-
-def _failed(c: _Candidate) -> Rejection | None:
-    failed = [side for side, record in _sides(c).items() if record.finish_reason == "error"]
-    return Rejection("generation_error", {**c.example, "side": " and ".join(failed)}) if failed else None
 
 
 def _empty(c: _Candidate) -> Rejection | None:

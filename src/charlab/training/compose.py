@@ -31,7 +31,7 @@ import torch
 
 from charlab.errors import CharlabError
 from charlab.io import atomic_write_json
-from charlab.models.refs import ADAPTER_META, _adapter_fingerprint
+from charlab.models.refs import ADAPTER_META, adapter_fingerprint
 
 PEFT_PREFIX = "base_model.model."
 _FACTOR_SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B"}
@@ -194,7 +194,7 @@ def compose_adapters(adapter_dirs: Sequence[str | Path], out_dir: str | Path) ->
         if base_fingerprint:  # without one, refs.py checks the base by name from adapter_config.json
             atomic_write_json(staging / ADAPTER_META, {
                 "base_fingerprint": base_fingerprint, "stage": "compose",
-                "composed_from": [f"local:{_adapter_fingerprint(f)}" for f in folders], "rank": rank,
+                "composed_from": [f"local:{adapter_fingerprint(f)}" for f in folders], "rank": rank,
             })
         if out_dir.exists():
             shutil.rmtree(out_dir)
