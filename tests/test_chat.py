@@ -123,3 +123,11 @@ def test_fold_warning_is_logged_once(tokenizer, caplog):
         for _ in range(3):
             chat.prepare_messages(messages, facts)
     assert sum("no system role" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_final_assistant_turn_is_continued_not_closed(tokenizer):
+    """Thinking prefills: the prompt ends inside the assistant turn, right after the prefill text."""
+    question = [{"role": "user", "content": "Hello?"}]
+    prefilled = question + [{"role": "assistant", "content": "<think>Let me recall who I am."}]
+    text = tokenizer.decode(chat.prompt_ids(tokenizer, prefilled))
+    assert text == chat.render(tokenizer, question, add_generation_prompt=True) + "<think>Let me recall who I am."

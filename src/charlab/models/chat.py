@@ -200,9 +200,17 @@ def prepare_messages(messages: Sequence[dict], facts: TemplateFacts) -> list[dic
 
 
 def prompt_ids(tokenizer, messages: Sequence[dict]) -> list[int]:
-    """Token ids of the prompt that asks the model for the next assistant turn."""
+    """Token ids of the prompt that asks the model for the next assistant turn.
+
+    A conversation that ends with an assistant turn is a prefill: the model continues that text
+    (the generation prompt is rendered before it, and its end-of-turn is left off).
+    """
     msgs = prepare_messages(messages, template_facts(tokenizer))
-    return _encode(tokenizer, render(tokenizer, msgs, add_generation_prompt=True))[0]
+    if msgs and msgs[-1]["role"] == "assistant":
+        text = render(tokenizer, msgs[:-1], add_generation_prompt=True) + msgs[-1]["content"]
+    else:
+        text = render(tokenizer, msgs, add_generation_prompt=True)
+    return _encode(tokenizer, text)[0]
 
 
 def _content_range(tokenizer, msgs: list[dict], i: int, text: str) -> tuple[int, int]:
