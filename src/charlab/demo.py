@@ -34,7 +34,7 @@ from charlab.pipeline.distill import student_messages, teacher_messages
 from charlab.store.artifacts import Run
 from charlab.store.cache import RowCache
 
-DEMO_VERSION = "demo-v2"
+DEMO_VERSION = "demo-v3"
 
 
 @dataclass(frozen=True)
@@ -49,25 +49,31 @@ class DemoSettings:
     seed: int = 0
 
 
+MODELS = ("base", "dpo", "character")  # the three models each check scores under
+
+
 @dataclass
 class HeldOutCheck:
-    """Base vs trained on questions the training never saw."""
+    """Base vs trained on questions the training never saw, and on the pairs it trained on.
+
+    ``logprob[set][model]`` is, per conversation, the mean log-probability per token of the
+    teacher's reply (no system prompt), for set ``held_out`` (teacher answers to unseen
+    questions) or ``trained`` (the chosen replies of the DPO pairs), under each of ``MODELS``.
+    """
 
     constitution: str
     questions: list[str]
     teacher: list[str]  # base model with the constitution in its system prompt
     base: list[str]  # base model, no system prompt
     trained: list[str]  # character model, no system prompt
-    base_logprob: list[float] = field(default_factory=list)  # mean per token of the teacher answer, under base
-    trained_logprob: list[float] = field(default_factory=list)  # ... under the trained model
+    logprob: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
-    @property
-    def shift(self) -> float:
-        return statistics.fmean(self.trained_logprob) - statistics.fmean(self.base_logprob)
+    def mean(self, subset: str, model: str) -> float:
+        return statistics.fmean(self.logprob[subset][model])
 
-    @property
-    def moved_toward_teacher(self) -> int:
-        return sum(t > b for t, b in zip(self.trained_logprob, self.base_logprob))
+    def moved_up(self, subset: str, model: str) -> int:
+        """How many replies became more likely than under the base model."""
+        return sum(t > b for t, b in zip(self.logprob[subset][model], self.logprob[subset]["base"]))
 
 
 def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), cache_path: str | Path | None = None) -> Path:
@@ -88,33 +94,42 @@ def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), cache_pat
 
 def held_out_check(run: Run, base: ModelRef, name: str, result: CharacterResult, settings: DemoSettings,
                    cache_path: str | Path | None) -> HeldOutCheck:
-    """Answers and log-likelihoods on questions that were not in the distilled pool."""
+    """Answers on unseen questions, and log-likelihoods of teacher replies under base, DPO and character."""
     from charlab.models.hf import HFBackend
 
     constitution = load_constitution(result.steps["prompts"].path("constitution.yaml"))
     seen = {r["messages"][-1]["content"] for r in read_jsonl(result.steps["distill"].path("student.jsonl"))}
     questions = [q.text for q in constitution.questions if q.text not in seen][:settings.held_out]
+    dpo_model = ModelRef(base=base.base, adapters=result.model.adapters[:1])
     step = run.step("demo-held-out", {"constitution": name, "model": result.model.resolve().fingerprint,
                                       "questions": questions, "max_new_tokens": settings.max_new_tokens,
                                       "seed": settings.seed}, version=DEMO_VERSION, label=name)
     if step.done:
         return HeldOutCheck(**json.loads(step.path("check.json").read_text()))
     sampling = SamplingParams(max_new_tokens=settings.max_new_tokens)  # greedy: one comparable answer each
+    plain = [GenerationRequest.make(student_messages(q), sampling, settings.seed) for q in questions]
+    pairs = read_jsonl(result.steps["pairs"].path("pairs.jsonl"))
+    scored = {"trained": [p["prompt"] + p["chosen"] for p in pairs]}
+    logprob: dict[str, dict[str, list[float]]] = {"held_out": {}, "trained": {}}
     with step.running(), RowCache(cache_path) as cache:
         with HFBackend(base) as model:
             teacher = generate_cached(model, [GenerationRequest.make(teacher_messages(constitution, "SmolLM", q),
                                                                      sampling, settings.seed) for q in questions], cache)
-            plain = [GenerationRequest.make(student_messages(q), sampling, settings.seed) for q in questions]
             base_answers = generate_cached(model, plain, cache)
-            scored = [student_messages(q) + [{"role": "assistant", "content": t.text}] for q, t in zip(questions, teacher)]
-            base_lp = [s.mean for s in model.score(scored)]
-        with HFBackend(result.model) as model:
-            trained_answers = generate_cached(model, plain, cache)
-            trained_lp = [s.mean for s in model.score(scored)]
+        scored["held_out"] = [student_messages(q) + [{"role": "assistant", "content": t.text}]
+                              for q, t in zip(questions, teacher)]
+        for label, ref in zip(MODELS, (base, dpo_model, result.model)):
+            with HFBackend(ref) as model:
+                for subset, conversations in scored.items():
+                    logprob[subset][label] = [s.mean for s in model.score(conversations)]
+                if label == "character":
+                    trained_answers = generate_cached(model, plain, cache)
         check = HeldOutCheck(name, questions, [g.text for g in teacher], [g.text for g in base_answers],
-                             [g.text for g in trained_answers], base_lp, trained_lp)
+                             [g.text for g in trained_answers], logprob)
         atomic_write_json(step.path("check.json"), check.__dict__)
-        step.finish(counts={"questions": len(questions)}, extra={"logprob_shift": check.shift})
+        step.finish(counts={"questions": len(questions), "pairs": len(pairs)},
+                    extra={"shift": {subset: check.mean(subset, "character") - check.mean(subset, "base")
+                                     for subset in logprob}})
     return check
 
 
@@ -137,13 +152,17 @@ def render_summary(settings: DemoSettings, trained: dict[str, CharacterResult], 
         md.append(f"| {name} | {pairs} | {dpo['optimizer_steps']} | {dpo['prompt_tokens'] + dpo['completion_tokens']} "
                   f"| {sft['examples']} | {sft['optimizer_steps']} | {sft['prompt_tokens'] + sft['completion_tokens']} |")
     md += ["", "## Did training move the model toward its teacher?", "",
-           "Mean log-probability per token of the teacher's answers to held-out questions (base model with the "
-           "constitution in its system prompt), scored without any system prompt:", "",
-           "| constitution | base | trained | shift | questions where trained > base |", "|---|---|---|---|---|"]
+           "Mean log-probability per token of teacher replies, scored without any system prompt, under the base "
+           "model, after DPO, and after DPO + SFT (the character). *Trained pairs*: the chosen replies DPO trained "
+           "on. *Held out*: the teacher's answers (base model with the constitution as system prompt) to questions "
+           "the training never saw. Higher means closer to the teacher.", "",
+           "| constitution | replies | base | after DPO | character | character - base | replies more likely |",
+           "|---|---|---|---|---|---|---|"]
     for c in checks:
-        md.append(f"| {c.constitution} | {statistics.fmean(c.base_logprob):.4f} | "
-                  f"{statistics.fmean(c.trained_logprob):.4f} | {c.shift:+.4f} | "
-                  f"{c.moved_toward_teacher} of {len(c.questions)} |")
+        for subset, label in (("trained", "trained pairs"), ("held_out", "held out")):
+            md.append(f"| {c.constitution} | {label} | {c.mean(subset, 'base'):.4f} | {c.mean(subset, 'dpo'):.4f} | "
+                      f"{c.mean(subset, 'character'):.4f} | {c.mean(subset, 'character') - c.mean(subset, 'base'):+.4f} "
+                      f"| {c.moved_up(subset, 'character')} of {len(c.logprob[subset]['base'])} |")
     for c in checks:
         md += ["", f"## Held-out answers: {c.constitution}", ""]
         for q, b, t in zip(c.questions, c.base, c.trained):
