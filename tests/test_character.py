@@ -138,3 +138,16 @@ def test_teacher_returning_nothing_is_a_clear_error(tiny_model_dir, constitution
                         tmp_path / "run", cache_path=tmp_path / "c.sqlite")
     assert "6" in str(caught.value) and "empty" in str(caught.value)
     assert not (tmp_path / "run" / "character.json").exists()
+
+
+def test_generic_prompts_join_the_pool_and_a_missing_file_is_a_clear_error(tiny_model_dir, constitution_file, tmp_path):
+    generic = tmp_path / "generic.jsonl"
+    generic.write_text('{"prompt": "Tell me a joke."}\n{"prompt": "How do I boil an egg?"}\n')
+    model = ModelRef.parse(str(tiny_model_dir))
+    result = train_character(model, constitution_file, CharacterConfig(generic_prompts=generic), tmp_path / "run",
+                             cache_path=tmp_path / "c.sqlite", until="prompts")
+    assert json.loads(result.steps["prompts"].path("generic.json").read_text()) == ["Tell me a joke.",
+                                                                                   "How do I boil an egg?"]
+    with pytest.raises(CharlabError, match="generic_prompts: .*missing.jsonl not found"):
+        train_character(model, constitution_file, CharacterConfig(generic_prompts=tmp_path / "missing.jsonl"),
+                        tmp_path / "run", until="prompts")

@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from charlab.config import load_model
 from charlab.constitution import Constitution, load_constitution, save_constitution
-from charlab.errors import CharlabError
-from charlab.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from charlab.errors import CharlabError, ConfigError
+from charlab.io import atomic_write_json, atomic_write_jsonl, read_jsonl, sha256_file
 from charlab.models.factory import BackendSpec, make_backend
 from charlab.models.refs import ModelRef
 from charlab.pipeline.cards import write_card
@@ -141,11 +141,13 @@ def stage_prompts(run: Run, constitution: Constitution, config: CharacterConfig,
                   cache: RowCache) -> Step:
     """The prompt pool: the constitution (expanded if asked) plus generic prompts."""
     generator = config.generator or teacher_spec
+    if config.generic_prompts and not config.generic_prompts.is_file():
+        raise ConfigError(f"generic_prompts: {config.generic_prompts} not found; fix the path or remove the field")
     step = run.step("prompts", {
         "constitution": constitution.model_dump(mode="json"),
         "expansion": config.expansion.model_dump(mode="json") if config.expansion else None,
         "generator": generator.model_dump(mode="json") if config.expansion else None,
-        "generic": str(config.generic_prompts) if config.generic_prompts else None,
+        "generic": sha256_file(config.generic_prompts) if config.generic_prompts else None,
         "generic_limit": config.generic_limit,
     }, version=PIPELINE_VERSION, label="prompts")
     if step.done:
