@@ -49,6 +49,8 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed object) for each non-blank line; bad JSON names the line."""
     path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found; check the path")
     with path.open(encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():

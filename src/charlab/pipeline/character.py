@@ -78,7 +78,10 @@ def character_profiles() -> list[str]:
 def load_character_config(name_or_path: str | Path) -> CharacterConfig:
     """A shipped profile (``upstream``, ``demo``) or a YAML file, with located errors."""
     path = Path(name_or_path)
-    if not path.suffix and str(name_or_path) in character_profiles():
+    if not path.suffix and not path.exists():
+        if str(name_or_path) not in character_profiles():
+            raise ConfigError(f"no recipe profile '{name_or_path}'; profiles: {', '.join(character_profiles())} "
+                              "(or give the path of a YAML file)")
         path = Path(str(resources.files("charlab") / "data" / "character" / f"{name_or_path}.yaml"))
     return load_model(CharacterConfig, path)
 
