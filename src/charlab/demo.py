@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,6 +176,14 @@ def _quote(text: str) -> str:
     return "\n".join("> " + line for line in (text.strip() or "(empty)").splitlines())
 
 
+def _inline(text: str) -> str:
+    """Escaped text with the summary's own Markdown marks (bold, italics, code) turned into tags."""
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    text = re.sub(r"\*(.+?)\*", r"<em>\1</em>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
 def _html(markdown: str) -> str:
     """A plain self-contained page: tables and headings from the Markdown, everything escaped."""
     out, in_table = [], False
@@ -195,7 +204,7 @@ def _html(markdown: str) -> str:
         elif line.startswith("> "):
             out.append(f"<blockquote>{html.escape(line[2:])}</blockquote>")
         elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
+            out.append(f"<p>{_inline(line)}</p>")
     if in_table:
         out.append("</table>")
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"

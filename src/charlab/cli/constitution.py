@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from charlab import constitution as lib
+from charlab import derive
 from charlab.errors import ConfigError
 
 app = typer.Typer(
@@ -21,6 +22,8 @@ err_console = Console(stderr=True)
 
 SOURCE_HELP = "A shipped name (see `charlab constitution list`) or a path to a .yaml or OCT file."
 FORMAT_HELP = "Input format; detected from the file when omitted."
+SEED_HELP = "Random seed; the same seed gives the same constitution."
+OUT_HELP = "Where to write the derived constitution as charlab YAML (.yaml)."
 
 
 @app.command("list")
@@ -180,3 +183,63 @@ def export(
     for lost in lib.dropped_on_export(c, target):
         err_console.print(f"[yellow]note:[/] {target.value} drops {lost}")
     console.print(f"wrote {escape(str(out))} ({target.value})")
+
+
+@app.command()
+def neutralize(
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    out: Path = typer.Option(..., "--out", help=OUT_HELP),
+    seed: int = typer.Option(0, "--seed", help=SEED_HELP),
+) -> None:
+    """Write a prompt-matched neutral control: SOURCE's questions verbatim under non-normative statements.
+
+    Example: charlab constitution neutralize integrity --out integrity-neutral.yaml --seed 1
+    """
+    c = lib.load_constitution(source)
+    result = derive.neutralize(c, seed=seed)
+    _write(result, out, f"{len(result.traits)} neutral statements over {len(result.questions)} unchanged questions")
+    verdict = lib.compare(c, result)
+    if verdict.matched:
+        console.print(f"[green]geometry matches[/] {escape(c.name)}")
+    for mismatch in verdict.mismatches:
+        console.print(f"[yellow]mismatch:[/] {escape(mismatch)}")
+
+
+@app.command()
+def shuffle(
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    out: Path = typer.Option(..., "--out", help=OUT_HELP),
+    seed: int = typer.Option(0, "--seed", help=SEED_HELP),
+) -> None:
+    """Write a control that pairs each of SOURCE's statements with another trait's questions.
+
+    Example: charlab constitution shuffle integrity --out integrity-shuffled.yaml --seed 1
+    """
+    result = derive.shuffle_traits(lib.load_constitution(source), seed=seed)
+    _write(result, out, f"{len(result.traits)} statements, none with its own questions")
+
+
+@app.command()
+def diversity(
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    trait: int = typer.Option(..., "--trait", help="Which trait to keep, counting from 1 as `show` does."),
+    breadth: derive.Breadth = typer.Option(..., "--breadth", help="narrow: one situation; broad: as many as possible."),
+    n: int = typer.Option(..., "--n", help="How many questions to draw from all of SOURCE's questions."),
+    out: Path = typer.Option(..., "--out", help=OUT_HELP),
+    seed: int = typer.Option(0, "--seed", help=SEED_HELP),
+) -> None:
+    """Write one trait of SOURCE with N questions drawn from one situation (narrow) or across many (broad).
+
+    Example: charlab constitution diversity integrity --trait 3 --breadth broad --n 20 --out trait3-broad.yaml
+    """
+    result = derive.question_diversity(lib.load_constitution(source), trait=trait, breadth=breadth, n=n, seed=seed)
+    tags = {q.situation for q in result.questions}
+    _write(result, out, f"trait {trait} with {n} questions over {len(tags)} situations")
+
+
+def _write(c: lib.Constitution, out: Path, summary: str) -> None:
+    """Derived constitutions carry situation tags, which only charlab YAML keeps."""
+    if out.suffix.lower() not in {".yaml", ".yml"}:
+        raise ConfigError(f"--out {out}: derived constitutions keep situation tags, so give it a .yaml name")
+    lib.save_constitution(c, out, lib.Format.YAML)
+    console.print(f"wrote {escape(str(out))}: {escape(c.name)}, {summary}")
