@@ -216,7 +216,11 @@ def test_instruction_set_bad_values_and_mapping(tmp_path):
 def test_instruction_set_hub_name_fails_offline_with_config_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    if "datasets" in sys.modules:  # the offline flag is read at import; patch it if another test imported it
+    # Both libraries read the flag at import; if an earlier test imported them, patch it there too,
+    # or the call spends ~20 s retrying the network before failing.
+    if "huggingface_hub" in sys.modules:
+        monkeypatch.setattr(sys.modules["huggingface_hub"].constants, "HF_HUB_OFFLINE", True)
+    if "datasets" in sys.modules:
         monkeypatch.setattr(sys.modules["datasets"].config, "HF_HUB_OFFLINE", True)
     with pytest.raises(ConfigError) as info:
         load_instruction_set("nonexistent-org/nonexistent-dataset", prompt_column="q", response_column="a")
