@@ -24,12 +24,13 @@ err_console = Console(stderr=True)
 
 
 def _register() -> None:
-    from charlab.cli import cache, constitution, demo, models, train
+    from charlab.cli import cache, challenge, constitution, demo, models, train
 
     app.add_typer(models.app, name="models")
     app.add_typer(constitution.app, name="constitution")
     app.add_typer(cache.app, name="cache")
     app.add_typer(train.app, name="train")
+    app.add_typer(challenge.app, name="challenge")
     app.command("demo")(demo.demo)
 
 
