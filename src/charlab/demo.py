@@ -35,7 +35,7 @@ from charlab.pipeline.distill import student_messages, teacher_messages
 from charlab.store.artifacts import Run
 from charlab.store.cache import RowCache
 
-DEMO_VERSION = "demo-v3"
+DEMO_VERSION = "demo-v4"
 
 
 @dataclass(frozen=True)
@@ -113,14 +113,14 @@ def held_out_check(run: Run, base: ModelRef, name: str, result: CharacterResult,
     scored = {"trained": [p["prompt"] + p["chosen"] for p in pairs]}
     logprob: dict[str, dict[str, list[float]]] = {"held_out": {}, "trained": {}}
     with step.running(), RowCache(cache_path) as cache:
-        with HFBackend(base) as model:
-            teacher = generate_cached(model, [GenerationRequest.make(teacher_messages(constitution, "SmolLM", q),
-                                                                     sampling, settings.seed) for q in questions], cache)
-            base_answers = generate_cached(model, plain, cache)
-        scored["held_out"] = [student_messages(q) + [{"role": "assistant", "content": t.text}]
-                              for q, t in zip(questions, teacher)]
         for label, ref in zip(MODELS, (base, dpo_model, result.model)):
             with HFBackend(ref) as model:
+                if label == "base":  # the teacher is the base model with the constitution as system prompt
+                    teacher = generate_cached(model, [GenerationRequest.make(
+                        teacher_messages(constitution, "SmolLM", q), sampling, settings.seed) for q in questions], cache)
+                    base_answers = generate_cached(model, plain, cache)
+                    scored["held_out"] = [student_messages(q) + [{"role": "assistant", "content": t.text}]
+                                          for q, t in zip(questions, teacher)]
                 for subset, conversations in scored.items():
                     logprob[subset][label] = [s.mean for s in model.score(conversations)]
                 if label == "character":

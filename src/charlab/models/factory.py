@@ -50,3 +50,31 @@ def make_backend(spec: BackendSpec) -> Backend:
 
     return HFBackend(spec.model, dtype=spec.dtype, batch_size=spec.batch_size,
                      trust_remote_code=spec.trust_remote_code)
+
+
+class BackendPool:
+    """Backends built on first use and shared by stages that run back to back, then closed together.
+
+    Prompt expansion and distillation often use the same model (the generator is the teacher, and
+    the teacher may be the student's base): loading it once saves a full model load per stage.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[str, Backend] = {}
+
+    def get(self, spec: BackendSpec) -> Backend:
+        key = spec.model_dump_json()
+        if key not in self._open:
+            self._open[key] = make_backend(spec)
+        return self._open[key]
+
+    def close(self) -> None:
+        for backend in self._open.values():
+            backend.close()
+        self._open.clear()
+
+    def __enter__(self) -> BackendPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -30,7 +30,7 @@ from charlab.config import load_model
 from charlab.constitution import Constitution, load_constitution, save_constitution
 from charlab.errors import CharlabError, ConfigError
 from charlab.io import atomic_write_json, atomic_write_jsonl, read_jsonl, sha256_file
-from charlab.models.factory import BackendSpec, make_backend
+from charlab.models.factory import BackendPool, BackendSpec, make_backend
 from charlab.models.refs import ModelRef
 from charlab.pipeline.cards import write_card
 from charlab.pipeline.distill import DistillSettings, distill, prompt_pool
@@ -118,9 +118,11 @@ def train_character(model: ModelRef, constitution: Constitution | str | Path, co
         return STAGES.index(stage) <= STAGES.index(until)
 
     with RowCache(cache_path) as cache:
-        steps["prompts"] = stage_prompts(run, constitution, config, teacher_spec, cache)
-        if wanted("distill"):
-            steps["distill"] = stage_distill(run, model, steps["prompts"], config, teacher_spec, cache, seed)
+        with BackendPool() as backends:  # generation models are released before training needs the memory
+            steps["prompts"] = stage_prompts(run, constitution, config, teacher_spec, cache, backends)
+            if wanted("distill"):
+                steps["distill"] = stage_distill(run, model, steps["prompts"], config, teacher_spec, cache,
+                                                 backends, seed)
         if wanted("pairs"):
             steps["pairs"] = stage_pairs(run, model, steps["distill"], config)
         if wanted("dpo"):
@@ -141,7 +143,7 @@ def train_character(model: ModelRef, constitution: Constitution | str | Path, co
 
 
 def stage_prompts(run: Run, constitution: Constitution, config: CharacterConfig, teacher_spec: BackendSpec,
-                  cache: RowCache) -> Step:
+                  cache: RowCache, backends: BackendPool) -> Step:
     """The prompt pool: the constitution (expanded if asked) plus generic prompts."""
     generator = config.generator or teacher_spec
     if config.generic_prompts and not config.generic_prompts.is_file():
@@ -158,11 +160,7 @@ def stage_prompts(run: Run, constitution: Constitution, config: CharacterConfig,
     with step.running():
         expanded = constitution
         if config.expansion:
-            backend = make_backend(generator)
-            try:
-                expanded, card = expand_constitution(constitution, backend, cache, config.expansion)
-            finally:
-                backend.close()
+            expanded, card = expand_constitution(constitution, backends.get(generator), cache, config.expansion)
             write_card(card, step.path("constitution.yaml"))
         save_constitution(expanded, step.path("constitution.yaml"))
         generic: list[str] = []
@@ -177,7 +175,7 @@ def stage_prompts(run: Run, constitution: Constitution, config: CharacterConfig,
 
 
 def stage_distill(run: Run, model: ModelRef, prompts: Step, config: CharacterConfig, teacher_spec: BackendSpec,
-                  cache: RowCache, seed: int) -> Step:
+                  cache: RowCache, backends: BackendPool, seed: int) -> Step:
     """Teacher and student answer every prompt K times."""
     settings = config.distill.model_copy(update={"seed": seed})
     student_spec = config.student or BackendSpec(model=model, batch_size=config.student_batch_size)
@@ -193,14 +191,7 @@ def stage_distill(run: Run, model: ModelRef, prompts: Step, config: CharacterCon
     if config.max_prompts and len(pool) > config.max_prompts:
         pool = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), config.max_prompts))]
     with step.running():
-        teacher = make_backend(teacher_spec)
-        student = teacher if teacher_spec == student_spec else make_backend(student_spec)
-        try:
-            out = distill(pool, constitution, teacher, student, cache, settings)
-        finally:
-            teacher.close()
-            if student is not teacher:
-                student.close()
+        out = distill(pool, constitution, backends.get(teacher_spec), backends.get(student_spec), cache, settings)
         atomic_write_jsonl(step.path("teacher.jsonl"), out.teacher)
         atomic_write_jsonl(step.path("student.jsonl"), out.student)
         step.finish(counts={"prompts": len(pool), "teacher": len(out.teacher), "student": len(out.student)},
