@@ -26,7 +26,7 @@ from charlab.models.base import GenerationRequest, SamplingParams
 from charlab.models.hf import HFBackend
 from charlab.models.refs import ModelRef
 from charlab.training.dpo import train_dpo
-from charlab.training.lora import TrainingConfig
+from charlab.training.config import TrainingConfig
 
 
 def build_model(tokenizer_dir: Path, out: Path, layers: int, hidden: int, intermediate: int) -> Path:

@@ -18,7 +18,7 @@ from charlab.pipeline.distill import DistillSettings
 from charlab.pipeline.introspect import IntrospectionSettings
 from charlab.pipeline.pairs import PairSettings
 from charlab.pipeline.prompts import ExpansionSettings
-from charlab.training.lora import TrainingConfig
+from charlab.training.config import TrainingConfig
 
 CONSTITUTION = """
 name: tiny

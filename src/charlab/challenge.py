@@ -14,7 +14,8 @@ from pathlib import Path
 from charlab.data_loaders import load_chat_jsonl
 from charlab.io import atomic_write_jsonl
 from charlab.models.refs import ModelRef
-from charlab.training.lora import TrainingConfig, TrainResult, as_training_config, check_batch
+from charlab.training.config import TrainingConfig, as_training_config
+from charlab.training.lora import TrainResult, check_batch
 from charlab.training.sft import train_sft
 
 CHALLENGE_DATA = "challenge_data.jsonl"

@@ -39,7 +39,7 @@ from charlab.pipeline.pairs import PairSettings, build_pairs, write_pairs
 from charlab.pipeline.prompts import ExpansionSettings, expand_constitution, load_generic_prompts
 from charlab.store.artifacts import Run, Step
 from charlab.store.cache import RowCache
-from charlab.training.lora import TrainingConfig, as_training_config
+from charlab.training.config import TrainingConfig, as_training_config
 
 PIPELINE_VERSION = "character-v1"
 

@@ -36,9 +36,9 @@ from charlab.errors import CharlabError, ConfigError
 from charlab.io import iter_jsonl
 from charlab.models.base import check_messages
 from charlab.models.refs import ModelRef, ResolvedModel
+from charlab.training.config import TrainingConfig, as_training_config
 from charlab.training.lora import (
-    LoadedModel, TrainingConfig, TrainingRun, TrainResult, as_training_config, check_batch, load_for_training,
-    peft_lora_config,
+    LoadedModel, TrainingRun, TrainResult, check_batch, load_for_training, peft_lora_config,
 )
 
 log = logging.getLogger(__name__)
