@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import UPSTREAM
 from typer.testing import CliRunner
 
 from charlab import constitution as lib
 from charlab.errors import ConfigError
 
-UPSTREAM_OCT = Path(__file__).resolve().parents[1].parent / "shared" / "upstream" / "oct"
+UPSTREAM_OCT = UPSTREAM / "oct"
 
 TINY_YAML = """\
 name: tiny
