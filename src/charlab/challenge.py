@@ -9,9 +9,11 @@ Defaults are the published ones: the ``challenge`` training profile.
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 
 from charlab.data_loaders import load_chat_jsonl
+from charlab.errors import ConfigError
 from charlab.io import atomic_write_jsonl
 from charlab.models.refs import ModelRef
 from charlab.training.config import TrainingConfig, as_training_config
@@ -21,16 +23,40 @@ from charlab.training.sft import train_sft
 CHALLENGE_DATA = "challenge_data.jsonl"
 
 
+def shipped_challenges() -> list[str]:
+    """Names of the challenge datasets the project ships (``charlab/data/challenge/*.jsonl``)."""
+    folder = resources.files("charlab") / "data" / "challenge"
+    return sorted(p.name.removesuffix(".jsonl") for p in folder.iterdir() if p.name.endswith(".jsonl"))
+
+
+def challenge_data_path(name_or_path: str | os.PathLike) -> Path:
+    """A chat JSONL path, or the file of a shipped challenge set by name; ConfigError if neither exists."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if str(name_or_path) in shipped_challenges():
+        return Path(str(resources.files("charlab") / "data" / "challenge" / f"{name_or_path}.jsonl"))
+    raise ConfigError(f"{name_or_path}: no such file and no shipped challenge set of that name; shipped sets: "
+                      f"{', '.join(shipped_challenges())}")
+
+
 def finetune_challenge(model: ModelRef, data_path: str | os.PathLike, out_dir: str | os.PathLike,
-                       config: TrainingConfig | str | os.PathLike = "challenge", seed: int = 0) -> TrainResult:
+                       config: TrainingConfig | str | os.PathLike = "challenge", seed: int = 0,
+                       holdout: int = 0) -> TrainResult:
     """Train the challenge LoRA on top of ``model``'s frozen adapters; the adapter lands in ``out_dir``.
 
     Data and config are checked in full before anything is written, so a bad line costs no loading
     or training time and leaves no half-made adapter folder. The validated rows are saved in
     ``out_dir`` and trained from there: the adapter folder then holds exactly the data it learned,
     and its ``charlab_adapter.json`` records that file's hash. Rerunning resumes like ``train_sft``.
+    The last ``holdout`` conversations are left out of training, for in-domain evaluation.
     """
+    data_path = challenge_data_path(data_path)
     rows = load_chat_jsonl(data_path)
+    if not 0 <= holdout < len(rows):
+        raise ConfigError(f"{data_path}: holdout = {holdout}, but the file has {len(rows)} conversations; "
+                          "hold out fewer")
+    rows = rows[:len(rows) - holdout]
     config = as_training_config(config)
     check_batch(len(rows), config.optim, data_path)
     data = atomic_write_jsonl(Path(out_dir) / CHALLENGE_DATA, rows)

@@ -53,7 +53,7 @@ from pydantic import (
     model_validator,
 )
 
-from charlab.config import line_index, format_validation_error, read_structured
+from charlab.config import format_validation_error, line_index, read_structured
 from charlab.errors import ConfigError
 from charlab.io import atomic_write_text, iter_jsonl
 

@@ -136,6 +136,8 @@ def load_hh_rlhf(path: str | os.PathLike, *, limit: int | None = None) -> list[d
             raise ConfigError(f"{path}: record {lineno}: {exc}; fix or remove this record") from None
         pairs.append({"prompt": prompt, "chosen": [chosen], "rejected": [rejected],
                       "meta": {"source": str(path), "line": lineno}})
+    if not pairs:
+        raise ConfigError(f"{path}: no preference pairs; the file is empty")
     return pairs
 
 
@@ -143,6 +145,56 @@ def hh_chosen_as_sft(pairs: Sequence[dict]) -> list[dict]:
     """SFT examples (prompt + chosen reply) for DPO runs that also train SFT on the chosen side."""
     return [{"messages": pair["prompt"] + pair["chosen"], "meta": {**pair["meta"], "side": "chosen"}}
             for pair in pairs]
+
+
+# ---------------------------------------------------------------------------------------------
+# charlab preference pairs, and either pair format
+
+
+def check_pair(record: Any) -> dict:
+    """A clean ``{"prompt", "chosen", "rejected"}`` pair (TRL conversational form) or ValueError.
+
+    The prompt is a conversation ending on a user turn; each side is exactly one assistant message.
+    """
+    if not isinstance(record, dict):
+        raise ValueError("each line must be an object with prompt, chosen and rejected")
+    prompt = check_messages(record.get("prompt") or [], "prompt")
+    if not prompt or prompt[-1]["role"] != "user":
+        raise ValueError("prompt: must be a non-empty list of messages ending with a user turn")
+    pair = {"prompt": prompt}
+    for side in ("chosen", "rejected"):
+        value = record.get(side)
+        reply = check_messages(value if isinstance(value, list) else [], side)
+        if len(reply) != 1 or reply[0]["role"] != "assistant":
+            raise ValueError(f"{side}: must be a list holding exactly one assistant message")
+        pair[side] = reply
+    return pair
+
+
+def load_pairs(path: str | os.PathLike, *, limit: int | None = None) -> list[dict]:
+    """Load charlab preference pairs, validating every line; ``meta`` is kept and gains source and line."""
+    pairs = []
+    for lineno, record in iter_jsonl(path):
+        if limit is not None and len(pairs) >= limit:
+            break
+        try:
+            pair = check_pair(record)
+        except ValueError as exc:
+            raise ConfigError(f"{path}:{lineno}: {exc}; fix or remove this line") from None
+        meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
+        pairs.append({**pair, "meta": {**meta, "source": str(path), "line": lineno}})
+    if not pairs:
+        raise ConfigError(f"{path}: no preference pairs; the file is empty")
+    return pairs
+
+
+def load_preference_pairs(path: str | os.PathLike, *, limit: int | None = None) -> list[dict]:
+    """Pairs from either format, told apart by the first record: HH-RLHF transcripts (``chosen`` is a
+    string) or charlab pairs (``chosen`` is a list of messages)."""
+    first = next(iter_jsonl(path), None)
+    if first is not None and isinstance(first[1], dict) and isinstance(first[1].get("chosen"), str):
+        return load_hh_rlhf(path, limit=limit)
+    return load_pairs(path, limit=limit)
 
 
 # ---------------------------------------------------------------------------------------------

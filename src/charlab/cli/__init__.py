@@ -24,13 +24,16 @@ err_console = Console(stderr=True)
 
 
 def _register() -> None:
-    from charlab.cli import cache, challenge, constitution, demo, models, train
+    from charlab.cli import budget, cache, challenge, conditions, constitution, data, demo, models, train
 
     app.add_typer(models.app, name="models")
     app.add_typer(constitution.app, name="constitution")
     app.add_typer(cache.app, name="cache")
     app.add_typer(train.app, name="train")
     app.add_typer(challenge.app, name="challenge")
+    app.add_typer(data.app, name="data")
+    app.add_typer(conditions.app, name="conditions")
+    app.add_typer(budget.app, name="budget")
     app.command("demo")(demo.demo)
 
 
@@ -49,10 +52,19 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # usage errors (missing or bad arguments) arrive here in non-standalone mode
+        if isinstance(exc, _usage_errors()):
             exc.show()
             sys.exit(2)
         raise
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Click's usage-error base class, and the copy of it that newer typer releases bundle."""
+    import click
+
+    try:
+        from typer._click.exceptions import ClickException as bundled
+    except ImportError:
+        return (click.ClickException,)
+    return (click.ClickException, bundled)

@@ -33,12 +33,13 @@ from charlab.io import atomic_write_json, atomic_write_jsonl, read_jsonl, sha256
 from charlab.models.factory import BackendPool, BackendSpec, make_backend
 from charlab.models.refs import ModelRef
 from charlab.pipeline.cards import write_card
-from charlab.pipeline.distill import DistillSettings, distill, prompt_pool
+from charlab.pipeline.distill import DistillSettings, PromptItem, distill, prompt_pool
 from charlab.pipeline.introspect import IntrospectionSettings, generate_introspection, write_sft_dataset
 from charlab.pipeline.pairs import PairSettings, build_pairs, write_pairs
 from charlab.pipeline.prompts import ExpansionSettings, expand_constitution, load_generic_prompts
 from charlab.store.artifacts import Run, Step
 from charlab.store.cache import RowCache
+from charlab.training.budget import Budget, StageBudget
 from charlab.training.config import TrainingConfig, as_training_config
 
 PIPELINE_VERSION = "character-v1"
@@ -95,22 +96,25 @@ class CharacterResult:
 
 
 STAGES = ("prompts", "distill", "pairs", "dpo", "introspect", "sft")
+TWO_STAGES = ("dpo", "sft")  # the trainings a budget is split between
 
 
 def train_character(model: ModelRef, constitution: Constitution | str | Path, config: CharacterConfig,
                     out: str | Path, *, cache_path: str | Path | None = None, seed: int = 0,
-                    until: str = "sft") -> CharacterResult:
+                    until: str = "sft", budget: Budget | None = None) -> CharacterResult:
     """Run (or resume) the recipe into ``out`` up to stage ``until``; return what was produced.
 
     With ``until="sft"`` (the default) ``result.model`` is the character model: base + DPO + SFT.
+    A ``budget`` replaces the recipe's training settings with its shared shape and fits each
+    training stage to its share of the budget's amount (``training.budget``).
     """
     if until not in STAGES:
         raise CharlabError(f"unknown stage '{until}'; stages are {', '.join(STAGES)}")
     if not isinstance(constitution, Constitution):
         constitution = load_constitution(constitution)
     run = Run(out)
-    training = as_training_config(config.training)
-    teacher_spec = config.teacher or BackendSpec(model=ModelRef(base=model.base), batch_size=config.student_batch_size)
+    training = budget.training_config() if budget else as_training_config(config.training)
+    teacher_spec = teacher_for(model, config)
     steps: dict[str, Step] = {}
     current = model
 
@@ -127,19 +131,25 @@ def train_character(model: ModelRef, constitution: Constitution | str | Path, co
             steps["pairs"] = stage_pairs(run, model, steps["distill"], config)
         if wanted("dpo"):
             steps["dpo"] = stage_train(run, "dpo", model, steps["pairs"].path("pairs.jsonl"), steps["pairs"],
-                                       training, seed)
+                                       training, seed, budget.for_stage("dpo", TWO_STAGES) if budget else None)
             current = model.with_adapter(steps["dpo"].path("adapter"))
         if wanted("introspect"):
             steps["introspect"] = stage_introspect(run, current, config, cache, seed)
         if wanted("sft"):
+            sft_budget = budget.for_stage("sft", TWO_STAGES, spent_by(steps["dpo"])) if budget else None
             steps["sft"] = stage_train(run, "sft", current, steps["introspect"].path("sft.jsonl"),
-                                       steps["introspect"], training, seed)
+                                       steps["introspect"], training, seed, sft_budget)
             current = current.with_adapter(steps["sft"].path("adapter"))
             atomic_write_json(run.path / "character.json", {
                 "model": current.model_dump(mode="json"), "constitution": constitution.name, "seed": seed,
                 "compute": {stage: steps[stage].manifest["extra"]["compute"] for stage in ("dpo", "sft")},
             })
     return CharacterResult(current, steps)
+
+
+def teacher_for(model: ModelRef, config: CharacterConfig) -> BackendSpec:
+    """The configured teacher, or the base model itself (no adapters) on hf."""
+    return config.teacher or BackendSpec(model=ModelRef(base=model.base), batch_size=config.student_batch_size)
 
 
 def stage_prompts(run: Run, constitution: Constitution, config: CharacterConfig, teacher_spec: BackendSpec,
@@ -185,11 +195,7 @@ def stage_distill(run: Run, model: ModelRef, prompts: Step, config: CharacterCon
                     version=PIPELINE_VERSION, label="distill")
     if step.done:
         return step
-    constitution = load_constitution(prompts.path("constitution.yaml"))
-    generic = json.loads(prompts.path("generic.json").read_text())
-    pool = prompt_pool(constitution, generic)
-    if config.max_prompts and len(pool) > config.max_prompts:
-        pool = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), config.max_prompts))]
+    constitution, pool = distill_pool(prompts, config, seed)
     with step.running():
         out = distill(pool, constitution, backends.get(teacher_spec), backends.get(student_spec), cache, settings)
         atomic_write_jsonl(step.path("teacher.jsonl"), out.teacher)
@@ -200,6 +206,16 @@ def stage_distill(run: Run, model: ModelRef, prompts: Step, config: CharacterCon
                             "student_prompt": out.student_tokens["prompt"],
                             "student_completion": out.student_tokens["completion"]})
     return step
+
+
+def distill_pool(prompts: Step, config: CharacterConfig, seed: int) -> tuple[Constitution, list[PromptItem]]:
+    """The (expanded) constitution of a prompts step and the prompts distilled from it: the whole pool,
+    or a seeded subset of ``config.max_prompts``. Controls that answer "the same prompts" use this too."""
+    constitution = load_constitution(prompts.path("constitution.yaml"))
+    pool = prompt_pool(constitution, json.loads(prompts.path("generic.json").read_text()))
+    if config.max_prompts and len(pool) > config.max_prompts:
+        pool = [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), config.max_prompts))]
+    return constitution, pool
 
 
 def stage_pairs(run: Run, model: ModelRef, distilled: Step, config: CharacterConfig) -> Step:
@@ -242,22 +258,32 @@ def stage_introspect(run: Run, dpo_model: ModelRef, config: CharacterConfig, cac
     return step
 
 
+def spent_by(step: Step) -> dict:
+    """A finished training step's compute report (what a later stage's budget subtracts)."""
+    return step.manifest["extra"]["compute"]
+
+
 def stage_train(run: Run, stage: str, model: ModelRef, data_path: Path, data_step: Step, training: TrainingConfig,
-                seed: int) -> Step:
-    """One LoRA training (``dpo`` or ``sft``) on top of ``model``'s frozen stack."""
+                seed: int, budget: StageBudget | None = None, label: str | None = None) -> Step:
+    """One LoRA training (``dpo`` or ``sft``) on top of ``model``'s frozen stack, optionally fitted to a budget.
+
+    The manifest's ``extra.compute`` is what the budget audit reads.
+    """
     from charlab.training.dpo import train_dpo
     from charlab.training.sft import train_sft
 
     step = run.step(stage, {"model": model.resolve().fingerprint, "data": data_step.digest,
-                            "training": training.model_dump(mode="json"), "seed": seed},
-                    version=PIPELINE_VERSION, label=stage)
+                            "training": training.model_dump(mode="json"), "seed": seed,
+                            "budget": budget.key() if budget else None},
+                    version=PIPELINE_VERSION, label=label or stage)
     if step.done:
         return step
     train = train_dpo if stage == "dpo" else train_sft
     with step.running():  # a killed training leaves its checkpoints; the rerun resumes from them
-        result = train(model, data_path, step.path("adapter"), training, seed=seed, resume=True)
+        result = train(model, data_path, step.path("adapter"), training, seed=seed, resume=True, budget=budget)
         compute = result.compute.to_dict()
         step.finish(counts={"examples": compute["examples"], "optimizer_steps": compute["optimizer_steps"]},
                     tokens={"prompt": compute["prompt_tokens"], "completion": compute["completion_tokens"]},
-                    extra={"compute": compute, "resumed_from_step": result.resumed_from_step})
+                    extra={"compute": compute, "resumed_from_step": result.resumed_from_step,
+                           "budget": result.selection})
     return step

@@ -77,16 +77,17 @@ class Run:
         root = self.path / "steps"
         if not root.is_dir():
             return []
-        return [self._load(kind.name, folder.name)
+        return [self.load(kind.name, folder.name)
                 for kind in sorted(root.iterdir()) if kind.is_dir()
                 for folder in sorted(kind.iterdir()) if folder.is_dir()]
 
     def find(self, kind: str, label: str = LATEST) -> Step | None:
         """The step last finished under this kind and label, or None; check ``.done`` before use."""
         key = self._read_index().get(kind, {}).get(label)
-        return self._load(kind, key) if key else None
+        return self.load(kind, key) if key else None
 
-    def _load(self, kind: str, key: str) -> Step:
+    def load(self, kind: str, key: str) -> Step:
+        """The step folder `steps/<kind>/<key>` as found on disk (check `.done` before trusting it)."""
         step = Step(self, kind, key, {}, "", None)
         manifest = step.manifest or {}
         step.key_fields = manifest.get("key_fields", {})

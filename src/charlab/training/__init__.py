@@ -3,10 +3,15 @@ exact adapter composition. TRL and PEFT are imported when a recipe runs."""
 
 from charlab.training.accounting import ComputeReport
 from charlab.training.compose import compose_adapters
-from charlab.training.dpo import train_dpo
 from charlab.training.config import (
-    DPOSettings, LoraSettings, OptimSettings, SFTSettings, TrainingConfig, load_training_config,
+    DPOSettings,
+    LoraSettings,
+    OptimSettings,
+    SFTSettings,
+    TrainingConfig,
+    load_training_config,
 )
+from charlab.training.dpo import train_dpo
 from charlab.training.lora import LoadedModel, TrainResult, resolve_target_modules
 from charlab.training.sft import sft_example, train_sft
 

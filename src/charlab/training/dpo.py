@@ -32,65 +32,56 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from charlab.errors import CharlabError, ConfigError
-from charlab.io import iter_jsonl
-from charlab.models.base import check_messages
+from charlab.data_loaders import load_pairs
+from charlab.errors import CharlabError
 from charlab.models.refs import ModelRef, ResolvedModel
+from charlab.training.budget import StageBudget
 from charlab.training.config import TrainingConfig, as_training_config
 from charlab.training.lora import (
-    LoadedModel, TrainingRun, TrainResult, check_batch, load_for_training, peft_lora_config,
+    LoadedModel,
+    TrainingRun,
+    TrainResult,
+    check_batch,
+    load_for_training,
+    peft_lora_config,
 )
 
 log = logging.getLogger(__name__)
 
 
-def _one_reply(value, where: str) -> list[dict[str, str]]:
-    msgs = check_messages(value if isinstance(value, list) else [], where)
-    if len(msgs) != 1 or msgs[0]["role"] != "assistant":
-        raise ValueError(f"{where}: must be a list holding exactly one assistant message")
-    return msgs
-
-
 def read_pairs(path: str | Path) -> list[dict]:
     """Preference pairs as TRL's conversational format; a bad row raises ConfigError naming its line."""
+    return [{key: pair[key] for key in ("prompt", "chosen", "rejected")} for pair in load_pairs(path)]
+
+
+def pair_token_counts(dataset, max_length: int) -> list[dict[str, int]]:
+    """Tokens per role of each of TRL's tokenized pairs after its collator cuts each sequence to ``max_length``.
+
+    Both sequences of a pair carry the prompt, so it counts twice per pair.
+    """
     rows = []
-    for lineno, row in iter_jsonl(path):
-        try:
-            if not isinstance(row, dict):
-                raise ValueError("each line must be an object with prompt, chosen and rejected")
-            prompt = check_messages(row.get("prompt") or [], "prompt")
-            if not prompt or prompt[-1]["role"] != "user":
-                raise ValueError("prompt: must be a non-empty list of messages ending with a user turn")
-            rows.append({"prompt": prompt, "chosen": _one_reply(row.get("chosen"), "chosen"),
-                         "rejected": _one_reply(row.get("rejected"), "rejected")})
-        except ValueError as exc:
-            raise ConfigError(f"{path}:{lineno}: {exc}") from None
-    if not rows:
-        raise ConfigError(f"{path}: no preference pairs; the file is empty")
+    for prompt, chosen, rejected in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]):
+        kept = min(len(prompt), max_length)
+        rows.append({"prompt_tokens": 2 * kept, "chosen_tokens": min(len(chosen), max_length - kept),
+                     "rejected_tokens": min(len(rejected), max_length - kept)})
     return rows
 
 
 def token_counts(dataset, max_length: int) -> dict[str, int]:
-    """Tokens per role in TRL's tokenized pairs after its collator cuts each sequence to ``max_length``.
-
-    Both sequences of a pair carry the prompt, so it counts twice per pair.
-    """
-    counts = {"prompt_tokens": 0, "chosen_tokens": 0, "rejected_tokens": 0}
-    for prompt, chosen, rejected in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]):
-        kept = min(len(prompt), max_length)
-        counts["prompt_tokens"] += 2 * kept
-        counts["chosen_tokens"] += min(len(chosen), max_length - kept)
-        counts["rejected_tokens"] += min(len(rejected), max_length - kept)
-    return counts
+    """``pair_token_counts`` summed over the dataset."""
+    rows = pair_token_counts(dataset, max_length)
+    return {key: sum(row[key] for row in rows) for key in ("prompt_tokens", "chosen_tokens", "rejected_tokens")}
 
 
 def train_dpo(model: ModelRef | ResolvedModel | str | LoadedModel, pairs_path: str | Path, out_dir: str | Path,
               config: TrainingConfig | str | Path = "upstream", seed: int | None = None,
-              resume: bool = True) -> TrainResult:
+              resume: bool = True, budget: StageBudget | None = None) -> TrainResult:
     """Train a DPO LoRA on top of ``model``'s (frozen) adapter stack; the adapter lands in ``out_dir``.
 
     ``seed`` defaults to ``config.seed``. With ``resume`` an interrupted run of the same config, seed,
     data and model continues from its last checkpoint; otherwise old checkpoints are discarded.
+    With a ``budget`` the pairs are subsampled or repeated (seeded) to hit its amount, and
+    ``optim.epochs`` passes are replaced by that one selection (see ``training.budget``).
     """
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
@@ -101,14 +92,16 @@ def train_dpo(model: ModelRef | ResolvedModel | str | LoadedModel, pairs_path: s
     seed = config.seed if seed is None else seed
     settings = config.dpo
     pairs = read_pairs(pairs_path)
-    check_batch(len(pairs), config.optim, pairs_path)
+    if budget is None:
+        check_batch(len(pairs), config.optim, pairs_path)
 
     loaded = load_for_training(model, config.precision)
     facts = template_facts(loaded.tokenizer)
     for pair in pairs:
         pair["prompt"] = prepare_messages(pair["prompt"], facts)
 
-    run = TrainingRun.start("dpo", out_dir, config, seed, pairs_path, loaded, resume)
+    run = TrainingRun.start("dpo", out_dir, config, seed, pairs_path, loaded, resume,
+                            budget.key() if budget else None)
     args = DPOConfig(
         **run.trainer_args(),
         beta=settings.beta, loss_type=["sigmoid", "sft"], loss_weights=[1.0, settings.nll_coef],
@@ -130,11 +123,19 @@ def train_dpo(model: ModelRef | ResolvedModel | str | LoadedModel, pairs_path: s
     if kept < len(pairs):
         log.warning("%s: %d of %d pairs dropped: their prompt alone fills dpo.max_length = %d",
                     pairs_path, len(pairs) - kept, len(pairs), settings.max_length)
-        check_batch(kept, config.optim, pairs_path)
+        if budget is None:
+            check_batch(kept, config.optim, pairs_path)
+    selection = None
+    if budget is not None:  # select on TRL's own tokenization, so the budget counts what the accounting counts
+        per_pair = pair_token_counts(trainer.train_dataset, settings.max_length)
+        selection = budget.select([sum(row.values()) for row in per_pair], config.optim,
+                                  seed=seed, where=str(pairs_path))
+        trainer.train_dataset = trainer.train_dataset.select(selection.indices)
 
     counts = token_counts(trainer.train_dataset, settings.max_length)
     return run.train(
         trainer, prompt_tokens=counts["prompt_tokens"],
         completion_tokens=counts["chosen_tokens"] + counts["rejected_tokens"],
         detail={"chosen_tokens": counts["chosen_tokens"], "rejected_tokens": counts["rejected_tokens"]},
+        selection=selection.summary() if selection else None,
     )

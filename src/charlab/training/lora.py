@@ -202,6 +202,7 @@ class TrainResult:
     resumed_from_step: int | None  # None: started from scratch
     compute: ComputeReport
     log_history: list[dict] = field(default_factory=list)
+    selection: dict | None = None  # how a budget picked the rows (None: the data as given, ``epochs`` times)
 
 
 @dataclass
@@ -214,6 +215,7 @@ class TrainingRun:
     seed: int
     data_path: Path
     loaded: LoadedModel
+    budget: dict | None = None  # the amount a budgeted training aims at (see ``training.budget``)
     resume_from: Path | None = None
     resume_step: int | None = None
 
@@ -223,13 +225,13 @@ class TrainingRun:
 
     @classmethod
     def start(cls, stage: str, out_dir: str | Path, config: TrainingConfig, seed: int, data_path: str | Path,
-              loaded: LoadedModel, resume: bool) -> TrainingRun:
+              loaded: LoadedModel, resume: bool, budget: dict | None = None) -> TrainingRun:
         """Find the checkpoint to resume from, or clear stale ones. A checkpoint counts only if it was
-        written for the same stage, config, seed, data and model (recorded in ``checkpoints/run.json``)."""
-        run = cls(stage, Path(out_dir), config, seed, Path(data_path), loaded)
+        written for the same stage, config, seed, data, budget and model (recorded in ``checkpoints/run.json``)."""
+        run = cls(stage, Path(out_dir), config, seed, Path(data_path), loaded, budget)
         (run.out_dir / ADAPTER_META).unlink(missing_ok=True)  # the folder is not a finished adapter until the end
         key = stable_hash({"stage": stage, "config": config.model_dump(mode="json"), "seed": seed,
-                           "data": sha256_file(data_path), "model": loaded.resolved.fingerprint})
+                           "data": sha256_file(data_path), "model": loaded.resolved.fingerprint, "budget": budget})
         marker = run.checkpoint_dir / "run.json"
         same_run = marker.is_file() and json.loads(marker.read_text()).get("key") == key
         if resume and same_run:
@@ -270,8 +272,12 @@ class TrainingRun:
             logging_steps=1, report_to=[], dataloader_num_workers=0,
         )
 
-    def train(self, trainer, *, prompt_tokens: int, completion_tokens: int, detail: dict[str, int]) -> TrainResult:
-        """Train (resuming if possible), write the adapter folder, remove the checkpoints."""
+    def train(self, trainer, *, prompt_tokens: int, completion_tokens: int, detail: dict[str, int],
+              selection: dict | None = None) -> TrainResult:
+        """Train (resuming if possible), write the adapter folder, remove the checkpoints.
+
+        ``selection`` is the budget's row selection summary (``budget.Selection.summary``), if any.
+        """
         epochs = self.config.optim.epochs
         started = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(self.resume_from) if self.resume_from else None)
@@ -300,11 +306,12 @@ class TrainingRun:
             "data": {"path": str(self.data_path), "sha256": sha256_file(self.data_path)},
             "target_modules": sorted(model.peft_config["default"].target_modules),
             "config": self.config.model_dump(mode="json"),
+            "budget": selection,
         })
         shutil.rmtree(self.checkpoint_dir)
         return TrainResult(
             adapter_dir=self.out_dir, stage=self.stage, seed=self.seed, global_step=trainer.state.global_step,
             resumed_from_step=self.resume_step,
-            compute=compute, log_history=list(trainer.state.log_history),
+            compute=compute, log_history=list(trainer.state.log_history), selection=selection,
         )
 

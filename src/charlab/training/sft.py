@@ -31,9 +31,15 @@ from charlab.errors import CharlabError, ConfigError
 from charlab.io import iter_jsonl
 from charlab.models.base import check_messages
 from charlab.models.refs import ModelRef, ResolvedModel
+from charlab.training.budget import StageBudget
 from charlab.training.config import TrainingConfig, as_training_config
 from charlab.training.lora import (
-    LoadedModel, TrainingRun, TrainResult, check_batch, load_for_training, peft_lora_config,
+    LoadedModel,
+    TrainingRun,
+    TrainResult,
+    check_batch,
+    load_for_training,
+    peft_lora_config,
 )
 
 log = logging.getLogger(__name__)
@@ -82,10 +88,10 @@ def read_conversations(path: str | Path) -> list[tuple[int, list[dict[str, str]]
 
 def train_sft(model: ModelRef | ResolvedModel | str | LoadedModel, data_path: str | Path, out_dir: str | Path,
               config: TrainingConfig | str | Path = "upstream", seed: int | None = None,
-              resume: bool = True) -> TrainResult:
+              resume: bool = True, budget: StageBudget | None = None) -> TrainResult:
     """Train an SFT LoRA on top of ``model``'s (frozen) adapter stack; the adapter lands in ``out_dir``.
 
-    ``seed`` and ``resume`` work as in ``train_dpo``.
+    ``seed``, ``resume`` and ``budget`` work as in ``train_dpo``; a row's tokens are its input length.
     """
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
@@ -94,7 +100,8 @@ def train_sft(model: ModelRef | ResolvedModel | str | LoadedModel, data_path: st
     seed = config.seed if seed is None else seed
     max_length = config.sft.max_length
     rows = read_conversations(data_path)
-    check_batch(len(rows), config.optim, data_path)
+    if budget is None:
+        check_batch(len(rows), config.optim, data_path)
 
     loaded = load_for_training(model, config.precision)
     examples = []
@@ -110,9 +117,16 @@ def train_sft(model: ModelRef | ResolvedModel | str | LoadedModel, data_path: st
     if len(kept) < len(examples):
         log.warning("%s: %d of %d conversations dropped: sft.max_length = %d cuts them before any assistant token",
                     data_path, len(examples) - len(kept), len(examples), max_length)
-        check_batch(len(kept), config.optim, data_path)
+        if budget is None:
+            check_batch(len(kept), config.optim, data_path)
+    selection = None
+    if budget is not None:
+        selection = budget.select([len(e.input_ids) for e in kept], config.optim,
+                                  seed=seed, where=str(data_path))
+        kept = [kept[i] for i in selection.indices]
 
-    run = TrainingRun.start("sft", out_dir, config, seed, data_path, loaded, resume)
+    run = TrainingRun.start("sft", out_dir, config, seed, data_path, loaded, resume,
+                            budget.key() if budget else None)
     args = SFTConfig(**run.trainer_args(), max_length=max_length, packing=False, assistant_only_loss=False)
     trainer = SFTTrainer(
         model=loaded.model, args=args, train_dataset=Dataset.from_list([e._asdict() for e in kept]),
@@ -121,4 +135,5 @@ def train_sft(model: ModelRef | ResolvedModel | str | LoadedModel, data_path: st
 
     loss_tokens = sum(label != IGNORE for e in kept for label in e.labels)
     return run.train(trainer, prompt_tokens=sum(len(e.input_ids) for e in kept) - loss_tokens,
-                     completion_tokens=loss_tokens, detail={})
+                     completion_tokens=loss_tokens, detail={},
+                     selection=selection.summary() if selection else None)
