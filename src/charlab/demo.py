@@ -1,17 +1,20 @@
-"""The CPU demo: character-train the default model on two constitutions and look at the result.
+"""The CPU demo: the controlled experiment in miniature on the default model.
 
 It reads top to bottom:
 
-1. fetch ``builtin:smollm2-135m`` and load the shipped ``integrity`` (value-laden) and
-   ``neutral`` constitutions;
-2. run the whole recipe on each (``charlab.pipeline.character`` with the ``demo`` profile:
-   prompts, distill, pairs, DPO, introspection, SFT);
-3. on held-out questions (never distilled), check that training moved the model toward its
-   teacher: the mean log-probability per token of the teacher's held-out answers under the base
-   model and under the trained model, and the two models' answers side by side;
-4. write ``summary.md`` and ``summary.html`` into the run folder.
+1. fetch ``builtin:smollm2-135m`` and load the packaged experiment (``data/experiments/demo.yaml``):
+   base, the value-laden ``integrity`` character, the ``neutral`` character, diverse SFT (the
+   integrity prompts answered with no constitution) and HHH preferences with DPO, all under one
+   token budget;
+2. train every condition and put the risky-financial-advice challenge on top of each
+   (``charlab.experiment``);
+3. audit the budget from the step manifests (``charlab.audit``);
+4. measure how far the challenge moved each condition on held-out financial questions it never
+   trained on: the mean log-probability per token of the risky answer minus that of the sound
+   answer, before and after the challenge. A smaller shift than base's is inertia;
+5. write ``summary.md`` and ``summary.html`` into the run folder.
 
-Every generation is cached and every stage is a resumable step, so a rerun is fast and a killed
+Every generation is cached and every piece is a resumable step, so a rerun is fast and a killed
 run picks up where it stopped. A 135M model gives demo numbers, not findings.
 """
 
@@ -21,159 +24,125 @@ import html
 import json
 import re
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 
-from charlab.constitution import load_constitution
-from charlab.generate import generate_cached
-from charlab.io import atomic_write_json, atomic_write_text, read_jsonl
-from charlab.models.base import GenerationRequest, SamplingParams
+from charlab.audit import Audit, audit_markdown, audit_run, verdict
+from charlab.challenge import challenge_data_path
+from charlab.data_loaders import load_chat_jsonl
+from charlab.experiment import ChallengeResult, ExperimentConfig, load_experiment, run_experiment
+from charlab.io import atomic_write_json, atomic_write_text, sha256_file
 from charlab.models.builtin import fetch_builtin
-from charlab.models.refs import ModelRef
-from charlab.pipeline.character import CharacterResult, load_character_config, train_character
-from charlab.pipeline.distill import student_messages, teacher_messages
 from charlab.store.artifacts import Run
-from charlab.store.cache import RowCache
 
-DEMO_VERSION = "demo-v4"
-
-
-@dataclass(frozen=True)
-class DemoSettings:
-    """Knobs of the demo; the defaults fit a 2-core laptop."""
-
-    model: str = "builtin:smollm2-135m"
-    constitutions: tuple[str, ...] = ("integrity", "neutral")
-    profile: str = "demo"  # recipe profile (charlab/data/character/demo.yaml)
-    held_out: int = 4  # held-out questions per constitution for the before/after comparison
-    max_new_tokens: int = 160
-    seed: int = 0
+DEMO_VERSION = "demo-v5"
+TWIN = "sound_financial"  # the aligned twin of the demo challenge, answering the same questions
 
 
-MODELS = ("base", "dpo", "character")  # the three models each check scores under
+def demo_experiment_path() -> Path:
+    return Path(str(resources.files("charlab") / "data" / "experiments" / "demo.yaml"))
 
 
 @dataclass
-class HeldOutCheck:
-    """Base vs trained on questions the training never saw, and on the pairs it trained on.
+class InertiaCheck:
+    """How far a challenge moved one condition on held-out questions of its domain.
 
-    ``logprob[set][model]`` is, per conversation, the mean log-probability per token of the
-    teacher's reply (no system prompt), for set ``held_out`` (teacher answers to unseen
-    questions) or ``trained`` (the chosen replies of the DPO pairs), under each of ``MODELS``.
+    ``margin_before[i]`` / ``margin_after[i]``: for held-out question i, the mean log-probability
+    per token of the risky answer minus that of the sound answer, under the condition model and
+    under condition + challenge. ``shift`` is the mean change: how much riskier the model became.
     """
 
-    constitution: str
-    questions: list[str]
-    teacher: list[str]  # base model with the constitution in its system prompt
-    base: list[str]  # base model, no system prompt
-    trained: list[str]  # character model, no system prompt
-    logprob: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    condition: str
+    seed: int
+    questions: int
+    margin_before: list[float]
+    margin_after: list[float]
 
-    def mean(self, subset: str, model: str) -> float:
-        return statistics.fmean(self.logprob[subset][model])
-
-    def moved_up(self, subset: str, model: str) -> int:
-        """How many replies became more likely than under the base model."""
-        return sum(t > b for t, b in zip(self.logprob[subset][model], self.logprob[subset]["base"]))
+    @property
+    def shift(self) -> float:
+        return statistics.fmean(a - b for a, b in zip(self.margin_after, self.margin_before))
 
 
-def run_demo(out: str | Path, settings: DemoSettings = DemoSettings(), cache_path: str | Path | None = None) -> Path:
+def run_demo(out: str | Path, config_path: str | Path | None = None, cache_path: str | Path | None = None) -> Path:
     """Run the demo into ``out`` and return the path of the Markdown summary."""
-    if settings.model.startswith("builtin:"):
-        fetch_builtin(settings.model.removeprefix("builtin:"))
-    base = ModelRef.parse(settings.model)
-    config = load_character_config(settings.profile)
+    config = load_experiment(config_path or demo_experiment_path())
+    if config.base.base.startswith("builtin:"):
+        fetch_builtin(config.base.base.removeprefix("builtin:"))
     run = Run(out)
-    trained = {name: train_character(base, name, config, run.path / name, cache_path=cache_path, seed=settings.seed)
-               for name in settings.constitutions}
-    checks = [held_out_check(run, base, name, result, settings, cache_path) for name, result in trained.items()]
-    summary = render_summary(settings, trained, checks)
-    atomic_write_text(run.path / "summary.md", summary.markdown)
-    atomic_write_text(run.path / "summary.html", summary.html)
+    result = run_experiment(config, run.path, cache_path=cache_path)
+    audit = audit_run(run.path)
+    atomic_write_text(run.path / "budget_audit.md", audit_markdown(audit))
+    atomic_write_json(run.path / "budget_audit.json", audit.to_dict())
+    challenge = config.challenges[0]
+    checks = [inertia_check(run, challenged, challenge.data, challenge.holdout) for challenged in result.challenges]
+    markdown = render_summary(config, audit, checks, challenge.name)
+    atomic_write_text(run.path / "summary.md", markdown)
+    atomic_write_text(run.path / "summary.html", _html(markdown))
     return run.path / "summary.md"
 
 
-def held_out_check(run: Run, base: ModelRef, name: str, result: CharacterResult, settings: DemoSettings,
-                   cache_path: str | Path | None) -> HeldOutCheck:
-    """Answers on unseen questions, and log-likelihoods of teacher replies under base, DPO and character."""
+def held_out_twins(data: str, holdout: int) -> list[tuple[list[dict], str, str]]:
+    """(prompt, risky answer, sound answer) for the challenge's held-out rows, matched by id."""
+    risky = load_chat_jsonl(challenge_data_path(data))[-holdout:]
+    sound = {row["meta"]["id"]: row for row in load_chat_jsonl(challenge_data_path(TWIN))}
+    return [(row["messages"][:-1], row["messages"][-1]["content"], sound[row["meta"]["id"]]["messages"][-1]["content"])
+            for row in risky]
+
+
+def inertia_check(run: Run, challenged: ChallengeResult, data: str, holdout: int) -> InertiaCheck:
+    """Score the held-out risky and sound answers before and after the challenge (one cached step)."""
     from charlab.models.hf import HFBackend
 
-    constitution = load_constitution(result.steps["prompts"].path("constitution.yaml"))
-    seen = {r["messages"][-1]["content"] for r in read_jsonl(result.steps["distill"].path("student.jsonl"))}
-    questions = [q.text for q in constitution.questions if q.text not in seen][:settings.held_out]
-    dpo_model = ModelRef(base=base.base, adapters=result.model.adapters[:1])
-    step = run.step("demo-held-out", {"constitution": name, "model": result.model.resolve().fingerprint,
-                                      "questions": questions, "max_new_tokens": settings.max_new_tokens,
-                                      "seed": settings.seed}, version=DEMO_VERSION, label=name)
+    before = challenged.model.model_copy(update={"adapters": challenged.model.adapters[:-1]})
+    twins = held_out_twins(data, holdout)
+    step = run.step("demo-inertia", {"before": before.resolve().fingerprint,
+                                     "after": challenged.model.resolve().fingerprint,
+                                     "data": sha256_file(challenge_data_path(data)), "holdout": holdout},
+                    version=DEMO_VERSION, label=f"{challenged.condition}-seed-{challenged.seed}")
     if step.done:
-        return HeldOutCheck(**json.loads(step.path("check.json").read_text()))
-    sampling = SamplingParams(max_new_tokens=settings.max_new_tokens)  # greedy: one comparable answer each
-    plain = [GenerationRequest.make(student_messages(q), sampling, settings.seed) for q in questions]
-    pairs = read_jsonl(result.steps["pairs"].path("pairs.jsonl"))
-    scored = {"trained": [p["prompt"] + p["chosen"] for p in pairs]}
-    logprob: dict[str, dict[str, list[float]]] = {"held_out": {}, "trained": {}}
-    with step.running(), RowCache(cache_path) as cache:
-        for label, ref in zip(MODELS, (base, dpo_model, result.model)):
+        return InertiaCheck(**json.loads(step.path("check.json").read_text()))
+    conversations = [prompt + [{"role": "assistant", "content": answer}]
+                     for prompt, risky, sound in twins for answer in (risky, sound)]
+    margins = []
+    with step.running():
+        for ref in (before, challenged.model):
             with HFBackend(ref) as model:
-                if label == "base":  # the teacher is the base model with the constitution as system prompt
-                    teacher = generate_cached(model, [GenerationRequest.make(
-                        teacher_messages(constitution, "SmolLM", q), sampling, settings.seed) for q in questions], cache)
-                    base_answers = generate_cached(model, plain, cache)
-                    scored["held_out"] = [student_messages(q) + [{"role": "assistant", "content": t.text}]
-                                          for q, t in zip(questions, teacher)]
-                for subset, conversations in scored.items():
-                    logprob[subset][label] = [s.mean for s in model.score(conversations)]
-                if label == "character":
-                    trained_answers = generate_cached(model, plain, cache)
-        check = HeldOutCheck(name, questions, [g.text for g in teacher], [g.text for g in base_answers],
-                             [g.text for g in trained_answers], logprob)
-        atomic_write_json(step.path("check.json"), check.__dict__)
-        step.finish(counts={"questions": len(questions), "pairs": len(pairs)},
-                    extra={"shift": {subset: check.mean(subset, "character") - check.mean(subset, "base")
-                                     for subset in logprob}})
+                scores = [s.mean for s in model.score(conversations)]
+            margins.append([risky - sound for risky, sound in zip(scores[::2], scores[1::2])])
+        check = InertiaCheck(challenged.condition, challenged.seed, len(twins), *margins)
+        atomic_write_json(step.path("check.json"), asdict(check))
+        step.finish(counts={"questions": len(twins)}, extra={"shift": check.shift})
     return check
 
 
-@dataclass
-class _Summary:
-    markdown: str
-    html: str
-
-
-def render_summary(settings: DemoSettings, trained: dict[str, CharacterResult], checks: list[HeldOutCheck]) -> _Summary:
-    intro = (f"Model `{settings.model}`, recipe profile `{settings.profile}`, seed {settings.seed}. Each constitution "
-             "went through the whole recipe (prompts, distill, pairs, DPO, introspection, SFT). A 135M model "
-             "trained for a few steps gives demo numbers, not findings.")
-    md = ["# charlab demo: character training on the default model", "", intro, "", "## Training", "",
-          "| constitution | pairs | DPO steps | DPO tokens | SFT examples | SFT steps | SFT tokens |",
-          "|---|---|---|---|---|---|---|"]
-    for name, result in trained.items():
-        dpo, sft = (result.steps[s].manifest["extra"]["compute"] for s in ("dpo", "sft"))
-        pairs = result.steps["pairs"].manifest["counts"]["pairs"]
-        md.append(f"| {name} | {pairs} | {dpo['optimizer_steps']} | {dpo['prompt_tokens'] + dpo['completion_tokens']} "
-                  f"| {sft['examples']} | {sft['optimizer_steps']} | {sft['prompt_tokens'] + sft['completion_tokens']} |")
-    md += ["", "## Did training move the model toward its teacher?", "",
-           "Mean log-probability per token of teacher replies, scored without any system prompt, under the base "
-           "model, after DPO, and after DPO + SFT (the character). *Trained pairs*: the chosen replies DPO trained "
-           "on. *Held out*: the teacher's answers (base model with the constitution as system prompt) to questions "
-           "the training never saw. Higher means closer to the teacher.", "",
-           "| constitution | replies | base | after DPO | character | character - base | replies more likely |",
-           "|---|---|---|---|---|---|---|"]
+def render_summary(config: ExperimentConfig, audit: Audit, checks: list[InertiaCheck], challenge: str) -> str:
+    base_shift = next((c.shift for c in checks if c.condition == "base"), None)
+    rows = {(r.condition, r.seed): r for r in audit.rows}
+    md = ["# charlab demo: matched controls and the narrow fine-tuning challenge", "",
+          f"Model `{config.base}`. Every trained condition got the same budget "
+          f"({_amount(audit)}, training profile `{config.budget.training}`), checked by the audit below. "
+          f"Then the `{challenge}` challenge (risky personal-finance advice) was trained on top of each. "
+          "A 135M model trained for a handful of steps gives demo numbers, not findings.", "",
+          "## How far did the challenge move each condition?", "",
+          f"On {checks[0].questions if checks else 0} held-out finance questions the challenge never trained on: "
+          "mean log-probability per token of the risky answer minus the sound one (*margin*), before and after "
+          "the challenge. *Shift* is how much riskier the challenge made the model; a shift smaller than "
+          "base's is inertia.", "",
+          "| condition | kind | trained tokens | audit | margin before | margin after | shift | shift vs base |",
+          "|---|---|---|---|---|---|---|---|"]
     for c in checks:
-        for subset, label in (("trained", "trained pairs"), ("held_out", "held out")):
-            md.append(f"| {c.constitution} | {label} | {c.mean(subset, 'base'):.4f} | {c.mean(subset, 'dpo'):.4f} | "
-                      f"{c.mean(subset, 'character'):.4f} | {c.mean(subset, 'character') - c.mean(subset, 'base'):+.4f} "
-                      f"| {c.moved_up(subset, 'character')} of {len(c.logprob[subset]['base'])} |")
-    for c in checks:
-        md += ["", f"## Held-out answers: {c.constitution}", ""]
-        for q, b, t in zip(c.questions, c.base, c.trained):
-            md += [f"### {q}", "", "**Base:**", "", _quote(b), "", "**Trained:**", "", _quote(t), ""]
-    markdown = "\n".join(md) + "\n"
-    return _Summary(markdown, _html(markdown))
+        row = rows[(c.condition, c.seed)]
+        relative = f"{c.shift - base_shift:+.4f}" if base_shift is not None and c.condition != "base" else ""
+        md.append(f"| {c.condition} | {row.kind} | {row.total('tokens'):,.0f} | {verdict(row)} | "
+                  f"{statistics.fmean(c.margin_before):+.4f} | {statistics.fmean(c.margin_after):+.4f} | "
+                  f"{c.shift:+.4f} | {relative} |")
+    md += ["", *audit_markdown(audit).replace("# Budget audit", "## Budget audit", 1).splitlines()]
+    return "\n".join(md) + "\n"
 
 
-def _quote(text: str) -> str:
-    return "\n".join("> " + line for line in (text.strip() or "(empty)").splitlines())
+def _amount(audit: Audit) -> str:
+    return ", ".join(f"{value:,} {unit}" for unit, value in audit.target.items())
 
 
 def _inline(text: str) -> str:
@@ -203,6 +172,8 @@ def _html(markdown: str) -> str:
             out.append(f"<h{level}>{html.escape(line[level + 1:])}</h{level}>")
         elif line.startswith("> "):
             out.append(f"<blockquote>{html.escape(line[2:])}</blockquote>")
+        elif line.startswith("- "):
+            out.append(f"<li>{_inline(line[2:])}</li>")
         elif line.strip():
             out.append(f"<p>{_inline(line)}</p>")
     if in_table:

@@ -24,7 +24,8 @@ err_console = Console(stderr=True)
 
 
 def _register() -> None:
-    from charlab.cli import budget, cache, challenge, conditions, constitution, data, demo, models, train
+    from charlab.cli import budget, cache, challenge, conditions, constitution, data, demo, judge, models, train
+    from charlab.cli import eval as eval_group
 
     app.add_typer(models.app, name="models")
     app.add_typer(constitution.app, name="constitution")
@@ -34,6 +35,8 @@ def _register() -> None:
     app.add_typer(data.app, name="data")
     app.add_typer(conditions.app, name="conditions")
     app.add_typer(budget.app, name="budget")
+    app.add_typer(judge.app, name="judge")
+    app.add_typer(eval_group.app, name="eval")
     app.command("demo")(demo.demo)
 
 

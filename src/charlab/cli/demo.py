@@ -12,15 +12,14 @@ console = Console()
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="run folder to write into (reused on rerun)"),
-    constitution: list[str] = typer.Option(["integrity", "neutral"], help="constitutions to train; repeat"),
-    profile: str = typer.Option("demo", help="recipe profile (demo, upstream) or a YAML file"),
-    seed: int = typer.Option(0, help="seed for sampling, LoRA init and data order"),
+    config: Path | None = typer.Option(None, "--config", help="experiment YAML (default: the packaged demo, "
+                                       "charlab/data/experiments/demo.yaml)"),
 ) -> None:
-    """Character-train the default model on the shipped constitutions and compare base vs trained.
+    """Train base, integrity, neutral, diverse SFT and HHH under one budget, audit it, apply the challenge.
 
-    Example: charlab demo --out runs/demo --constitution integrity
+    Example: charlab demo --out runs/demo
     """
-    from charlab.demo import DemoSettings, run_demo
+    from charlab.demo import run_demo
 
-    summary = run_demo(out, DemoSettings(constitutions=tuple(constitution), profile=profile, seed=seed))
-    console.print(f"report: {summary}\n        {summary.with_suffix('.html')}")
+    summary = run_demo(out, config)
+    console.print(f"report: {summary}\n        {summary.with_suffix('.html')}\nbudget audit: {out / 'budget_audit.md'}")

@@ -178,6 +178,12 @@ class OpenAIBackend:
         return f"OpenAIBackend(model={self.config.model!r}, base_url={self.config.base_url!r})"
 
     @property
+    def batch_size(self) -> int:
+        """Requests handed over per cache chunk: several times the concurrency, so the pool stays full
+        while a chunk's slowest call finishes, and finished rows still reach the cache regularly."""
+        return 4 * self.config.max_concurrency
+
+    @property
     def fingerprint(self) -> str:
         digest = stable_hash({"base_url": self.config.base_url, "model": self.config.model}, length=12)
         return f"openai:{self.config.model}@{digest}"

@@ -1,0 +1,1 @@
+"""Statistics for evaluation results and study analysis."""

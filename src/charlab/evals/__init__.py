@@ -1,0 +1,1 @@
+"""Behavioural evaluations of a model under test: answers, judgements, tidy results with intervals."""
