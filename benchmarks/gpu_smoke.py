@@ -25,8 +25,8 @@ from charlab.io import atomic_write_jsonl
 from charlab.models.base import GenerationRequest, SamplingParams
 from charlab.models.hf import HFBackend
 from charlab.models.refs import ModelRef
-from charlab.training.dpo import train_dpo
 from charlab.training.config import TrainingConfig
+from charlab.training.dpo import train_dpo
 
 
 def build_model(tokenizer_dir: Path, out: Path, layers: int, hidden: int, intermediate: int) -> Path:

@@ -6,8 +6,7 @@ from fake_openai import FakeOpenAI
 
 from charlab.constitution import Constitution
 from charlab.models.openai_compat import OpenAIBackend, OpenAIConfig
-from charlab.pipeline.distill import (DistillSettings, after_thinking, distill, prompt_pool,
-                                      teacher_system_prompt)
+from charlab.pipeline.distill import DistillSettings, after_thinking, distill, prompt_pool, teacher_system_prompt
 from charlab.store.cache import RowCache
 
 CONSTITUTION = Constitution.model_validate({

@@ -21,8 +21,6 @@ from charlab.constitution import load_constitution
 from charlab.errors import ConfigError
 from charlab.experiment import ExperimentConfig, condition_dir, load_experiment, run_experiment
 from charlab.io import read_jsonl
-from charlab.models.factory import BackendSpec
-from charlab.models.openai_compat import OpenAIConfig
 from charlab.training.budget import Budget
 
 CONSTITUTION = """

@@ -15,7 +15,14 @@ from charlab.constitution import Constitution
 from charlab.errors import CharlabError
 from charlab.models import chat
 from charlab.pipeline.cards import DatasetCard, card_paths
-from charlab.pipeline.pairs import PairSettings, build_pairs, ends_cleanly, find_placeholders, replace_names, write_pairs
+from charlab.pipeline.pairs import (
+    PairSettings,
+    build_pairs,
+    ends_cleanly,
+    find_placeholders,
+    replace_names,
+    write_pairs,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,7 +18,12 @@ import torch
 from charlab.errors import CharlabError, ConfigError
 from charlab.models.refs import ModelRef
 from charlab.training import (
-    TrainingConfig, load_training_config, resolve_target_modules, sft_example, train_dpo, train_sft,
+    TrainingConfig,
+    load_training_config,
+    resolve_target_modules,
+    sft_example,
+    train_dpo,
+    train_sft,
 )
 
 # LoRA rank 4 on all 7 linear layers of both tiny layers: r * (in + out) summed by hand

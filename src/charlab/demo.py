@@ -12,7 +12,9 @@ It reads top to bottom:
 4. measure how far the challenge moved each condition on held-out financial questions it never
    trained on: the mean log-probability per token of the risky answer minus that of the sound
    answer, before and after the challenge. A smaller shift than base's is inertia;
-5. write ``summary.md`` and ``summary.html`` into the run folder.
+5. run every behavioural evaluation at small sizes (``evals.suite``) on each condition before and
+   after the challenge, with the base model as a local judge, into ``results.csv`` / ``.parquet``;
+6. write ``summary.md`` and ``summary.html`` into the run folder.
 
 Every generation is cached and every piece is a resumable step, so a rerun is fast and a killed
 run picks up where it stopped. A 135M model gives demo numbers, not findings.
@@ -30,14 +32,35 @@ from pathlib import Path
 
 from charlab.audit import Audit, audit_markdown, audit_run, verdict
 from charlab.challenge import challenge_data_path
+from charlab.constitution import Constitution, load_constitution
 from charlab.data_loaders import load_chat_jsonl
-from charlab.experiment import ChallengeResult, ExperimentConfig, load_experiment, run_experiment
-from charlab.io import atomic_write_json, atomic_write_text, sha256_file
+from charlab.evals.answers import EvalPrompt
+from charlab.evals.capability import CapabilitySettings
+from charlab.evals.em import EMSettings
+from charlab.evals.jailbreak import JailbreakSettings
+from charlab.evals.results import EvalTarget, ResultRow, read_results, write_results
+from charlab.evals.roles import RoleAdoptionSettings
+from charlab.evals.suite import SuiteSettings, run_suite
+from charlab.evals.traits import TraitSettings
+from charlab.experiment import ChallengeResult, ExperimentConfig, ExperimentResult, load_experiment, run_experiment
+from charlab.io import atomic_write_json, atomic_write_text, read_jsonl, sha256_file
+from charlab.models.base import Backend, SamplingParams
 from charlab.models.builtin import fetch_builtin
+from charlab.models.refs import ModelRef
 from charlab.store.artifacts import Run
+from charlab.store.cache import RowCache
 
 DEMO_VERSION = "demo-v5"
 TWIN = "sound_financial"  # the aligned twin of the demo challenge, answering the same questions
+TRAIT_PROMPTS = 2  # held-out value-constitution questions the trait-expression eval asks
+DEMO_SAMPLING = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=48)
+DEMO_SUITE = SuiteSettings(  # ten models (five conditions, before and after) on two cores: the smallest useful sizes
+    em=EMSettings(samples_per_paraphrase=1, sampling=DEMO_SAMPLING, max_questions=2, bootstrap_resamples=500),
+    jailbreak=JailbreakSettings(max_new_tokens=48, resamples=500),
+    roles=2, role_questions=2, role_adoption=RoleAdoptionSettings(sampling=DEMO_SAMPLING),
+    traits=TraitSettings(sampling=DEMO_SAMPLING),
+    capability=CapabilitySettings(tasks=("charlab_tiny_mc",), batch_size=4, limit=10),
+)
 
 
 def demo_experiment_path() -> Path:
@@ -76,7 +99,9 @@ def run_demo(out: str | Path, config_path: str | Path | None = None, cache_path:
     atomic_write_json(run.path / "budget_audit.json", audit.to_dict())
     challenge = config.challenges[0]
     checks = [inertia_check(run, challenged, challenge.data, challenge.holdout) for challenged in result.challenges]
-    markdown = render_summary(config, audit, checks, challenge.name)
+    rows = evaluate_all(run, config, result, cache_path)
+    write_results(run.path, rows)
+    markdown = render_summary(config, audit, checks, challenge.name) + render_evals(rows)
     atomic_write_text(run.path / "summary.md", markdown)
     atomic_write_text(run.path / "summary.html", _html(markdown))
     return run.path / "summary.md"
@@ -114,6 +139,87 @@ def inertia_check(run: Run, challenged: ChallengeResult, data: str, holdout: int
         atomic_write_json(step.path("check.json"), asdict(check))
         step.finish(counts={"questions": len(twins)}, extra={"shift": check.shift})
     return check
+
+
+def evaluate_all(run: Run, config: ExperimentConfig, result: ExperimentResult,
+                 cache_path: str | Path | None) -> list[ResultRow]:
+    """The eval suite on every condition before and after its challenge, judged by the base model."""
+    from charlab.models.hf import HFBackend
+
+    constitution, prompts = trait_material(result)
+    rows: list[ResultRow] = []
+    with RowCache(cache_path) as cache, HFBackend(config.base) as judge:
+        for challenged in result.challenges:
+            before = challenged.model.model_copy(update={"adapters": challenged.model.adapters[:-1]})
+            for model, label in ((before, ""), (challenged.model, challenged.challenge)):
+                target = EvalTarget(condition=challenged.condition, seed=challenged.seed, challenge=label)
+                rows += evaluate_model(run, model, target, judge, cache, constitution, prompts)
+    return rows
+
+
+def trait_material(result: ExperimentResult) -> tuple[Constitution, list[EvalPrompt]]:
+    """The value constitution the demo trains, and its questions that distillation never used."""
+    trained = next(c for c in result.conditions if c.kind == "character")
+    prompts_step, distill_step = (trained.path / "steps" / kind for kind in ("prompts", "distill"))
+    constitution = load_constitution(next(prompts_step.glob("*/constitution.yaml")))
+    seen = {r["messages"][-1]["content"] for r in read_jsonl(next(distill_step.glob("*/student.jsonl")))}
+    held_out = [q for q in constitution.questions if q.text not in seen][:TRAIT_PROMPTS]
+    return constitution, [EvalPrompt(f"held-out-{i}", [{"role": "user", "content": q.text}], f"held-out-{i}")
+                          for i, q in enumerate(held_out)]
+
+
+def evaluate_model(run: Run, model: ModelRef, target: EvalTarget, judge: Backend, cache: RowCache,
+                   constitution: Constitution, prompts: list[EvalPrompt]) -> list[ResultRow]:
+    """One model through the suite, as a step keyed by the model, the judge and the settings."""
+    from charlab.models.hf import HFBackend
+
+    settings = DEMO_SUITE
+    step = run.step("demo-evals", {"model": model.resolve().fingerprint, "judge": judge.fingerprint,
+                                   "target": target.model_dump(), "settings": settings.model_dump(mode="json"),
+                                   "prompts": [p.question for p in prompts]},
+                    version=DEMO_VERSION, label=f"{target.condition}-{target.challenge or 'before'}")
+    if not step.done:
+        with step.running(), HFBackend(model) as backend:
+            rows = run_suite(model, backend, judge, target, cache, step.dir, settings, constitution=constitution,
+                             trait_prompts=prompts)
+            write_results(step.dir, rows, name="suite")
+            step.finish(counts={"rows": len(rows)})
+    return read_results(step.path("suite.csv"))
+
+
+HEADLINE = (("em", "alignment_mean", "EM alignment"), ("em", "critical_rate", "EM critical"),
+            ("jailbreak", "harmful_rate_with_persona", "harmful (persona)"),
+            ("jailbreak", "harmful_rate_without_persona", "harmful (plain)"),
+            ("jailbreak", "over_refusal_rate", "over-refusal"), ("role_adoption", "adoption_rate", "role adoption"),
+            ("trait_expression", "trait_score", "trait score"), ("capability", "charlab_tiny_mc/acc", "tiny MC acc"))
+
+
+def render_evals(rows: list[ResultRow]) -> str:
+    """Headline metric per condition, before and after the challenge, with intervals."""
+    overall = {(r.condition, r.challenge, r.eval, r.metric): r for r in rows if not r.group}
+    targets = list(dict.fromkeys((r.condition, r.challenge) for r in rows))
+    md = ["", "## Evaluations before and after the challenge", "",
+          "Every evaluation at small sizes, judged by the base model itself (SmolLM2-135M, sampled answers). "
+          "A 135M judge gives demo numbers, not findings: most of its judgements are unreadable or arbitrary, "
+          "and the counts of unreadable ones are in each eval's parse report and in `results.csv`. Values "
+          "with 95% intervals; all rows, per question and per category included, are in `results.csv` and "
+          "`results.parquet`.", "",
+          "| condition | challenge | " + " | ".join(h[2] for h in HEADLINE) + " |",
+          "|---|---|" + "---|" * len(HEADLINE)]
+    for condition, challenge in targets:
+        cells = []
+        for eval_name, metric, _ in HEADLINE:
+            row = overall.get((condition, challenge, eval_name, metric))
+            cells.append(_cell(row))
+        md.append(f"| {condition} | {challenge or '(before)'} | " + " | ".join(cells) + " |")
+    return "\n".join(md) + "\n"
+
+
+def _cell(row: ResultRow | None) -> str:
+    if row is None or row.value != row.value:  # missing, or nan (nothing to average)
+        return "n/a"
+    interval = f" [{row.ci_low:.2f}, {row.ci_high:.2f}]" if row.ci_low is not None and row.ci_high is not None else ""
+    return f"{row.value:.2f}{interval} (n={row.n})"
 
 
 def render_summary(config: ExperimentConfig, audit: Audit, checks: list[InertiaCheck], challenge: str) -> str:
