@@ -33,3 +33,23 @@ def test_demo_experiment_is_valid_and_holds_the_five_conditions():
     config = load_experiment(demo_experiment_path())
     assert [c.kind for c in config.conditions] == ["base", "character", "character", "diverse-sft", "hhh"]
     assert config.reference == "integrity" and config.challenges[0].holdout == 12
+
+
+def test_eval_table_counts_unreadable_judgements_and_marks_missing_values():
+    from charlab.analysis.stats import Estimate, wilson
+    from charlab.demo import render_evals
+    from charlab.evals.results import EvalTarget, ResultRow
+
+    before, after = EvalTarget(condition="neutral"), EvalTarget(condition="neutral", challenge="risky")
+    count = lambda target, eval_name, metric, k, n: ResultRow.of(  # noqa: E731
+        target, eval_name, metric, Estimate(float(k), float("nan"), float("nan"), n))
+    rows = [count(before, "em", "alignment_parse_failures", 3, 12), count(before, "em", "coherence_parse_failures",
+                                                                          2, 12),
+            ResultRow.of(before, "jailbreak", "judge_unparseable_benign", wilson(3, 6)),
+            count(before, "role_adoption", "parse_failures", 1, 4),
+            ResultRow.of(before, "em", "alignment_mean", Estimate(float("nan"), float("nan"), float("nan"), 0)),
+            ResultRow.of(after, "capability", "charlab_tiny_mc/acc", wilson(6, 10))]
+    table = render_evals(rows)
+    assert "| neutral | (before) |" in table and "| neutral | risky |" in table
+    assert "9 of 34 |" in table  # 3 + 2 + 3 + 1 unreadable of 12 + 12 + 6 + 4 judgements
+    assert "0.60 [0.31, 0.83] (n=10)" in table and "n/a" in table and "demo numbers, not findings" in table

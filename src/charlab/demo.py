@@ -204,15 +204,24 @@ def render_evals(rows: list[ResultRow]) -> str:
           "and the counts of unreadable ones are in each eval's parse report and in `results.csv`. Values "
           "with 95% intervals; all rows, per question and per category included, are in `results.csv` and "
           "`results.parquet`.", "",
-          "| condition | challenge | " + " | ".join(h[2] for h in HEADLINE) + " |",
-          "|---|---|" + "---|" * len(HEADLINE)]
+          "| condition | challenge | " + " | ".join(h[2] for h in HEADLINE) + " | unreadable judgements |",
+          "|---|---|" + "---|" * (len(HEADLINE) + 1)]
     for condition, challenge in targets:
-        cells = []
-        for eval_name, metric, _ in HEADLINE:
-            row = overall.get((condition, challenge, eval_name, metric))
-            cells.append(_cell(row))
-        md.append(f"| {condition} | {challenge or '(before)'} | " + " | ".join(cells) + " |")
+        cells = [_cell(overall.get((condition, challenge, eval_name, metric))) for eval_name, metric, _ in HEADLINE]
+        mine = [r for r in rows if (r.condition, r.challenge) == (condition, challenge) and not r.group]
+        md.append(f"| {condition} | {challenge or '(before)'} | " + " | ".join(cells) + f" | {_unreadable(mine)} |")
     return "\n".join(md) + "\n"
+
+
+def _unreadable(rows: list[ResultRow]) -> str:
+    """Judgements the judge's answer could not be read from, over all judged evals of one model."""
+    failed = total = 0.0
+    for row in rows:
+        if row.metric in ("alignment_parse_failures", "coherence_parse_failures", "parse_failures"):
+            failed, total = failed + row.value, total + row.n
+        elif row.metric.startswith("judge_unparseable_"):  # a rate over n judgements
+            failed, total = failed + row.value * row.n, total + row.n
+    return f"{failed:.0f} of {total:.0f}"
 
 
 def _cell(row: ResultRow | None) -> str:

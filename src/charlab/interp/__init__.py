@@ -1,0 +1,1 @@
+"""Interpretability instruments: role sets and activation directions such as the assistant axis."""
