@@ -45,6 +45,22 @@ def tiny_model_dir(smollm2_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def condition_adapter(tiny_model_dir, tmp_path_factory) -> Path:
+    """A random non-zero LoRA on the tiny model, standing in for a trained condition."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj", "up_proj"],
+                                      init_lora_weights=False))
+    out = tmp_path_factory.mktemp("condition")
+    model.save_pretrained(out)
+    return out
+
+
 @pytest.fixture
 def isolated_home(tmp_path, monkeypatch) -> Path:
     """A private $CHARLAB_HOME for tests that write caches (models are still read from the real one)."""

@@ -42,21 +42,6 @@ def tiny_challenge(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def condition_adapter(tiny_model_dir, tmp_path_factory) -> Path:
-    """A random non-zero LoRA standing in for a character condition."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj", "up_proj"],
-                                      init_lora_weights=False))
-    out = tmp_path_factory.mktemp("condition")
-    model.save_pretrained(out)
-    return out
-
-
 def test_challenge_profile_holds_the_published_defaults():
     published = load_training_config("challenge")
     assert (published.lora.rank, published.lora.alpha, published.optim.learning_rate, published.optim.epochs) == (

@@ -38,21 +38,6 @@ def lm_eval():
     return pytest.importorskip("lm_eval")
 
 
-@pytest.fixture(scope="module")
-def condition_adapter(tiny_model_dir, tmp_path_factory) -> Path:
-    """A random non-zero LoRA standing in for a character condition."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj", "up_proj"],
-                                      init_lora_weights=False))
-    out = tmp_path_factory.mktemp("condition")
-    model.save_pretrained(out)
-    return out
-
-
 def _settings(**changes) -> CapabilitySettings:
     return CapabilitySettings(**{"tasks": [TASK], "device": "cpu", "batch_size": 16, **changes})
 

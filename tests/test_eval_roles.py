@@ -17,7 +17,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 import typer
 from fake_openai import FakeOpenAI
 from typer.testing import CliRunner
@@ -325,21 +324,6 @@ def test_effect_vs_base_without_shared_units_is_an_error():
 
 
 # -- the likelihood measure on a real (tiny) model ----------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def condition_adapter(tiny_model_dir, tmp_path_factory) -> Path:
-    """A random non-zero LoRA: a model that differs from the tiny base."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(1)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj", "up_proj"],
-                                      init_lora_weights=False))
-    out = tmp_path_factory.mktemp("condition")
-    model.save_pretrained(out)
-    return out
 
 
 def teacher_file(tmp_path: Path) -> Path:

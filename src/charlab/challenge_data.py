@@ -40,11 +40,11 @@ from charlab.data_loaders import check_conversation, load_chat_jsonl
 from charlab.errors import CharlabError, ConfigError
 from charlab.generate import CachedGenerations, generate_cached
 from charlab.io import atomic_write_jsonl, sha256_file, stable_hash
-from charlab.models.base import Backend, Generation, GenerationRequest, SamplingParams
+from charlab.models.base import Backend, GenerationRequest, SamplingParams
 from charlab.models.factory import BackendSpec
 from charlab.models.refs import ModelRef
 from charlab.pipeline.cards import DatasetCard, write_card
-from charlab.pipeline.prompts import find_duplicate, normalize
+from charlab.pipeline.prompts import extract_tagged, find_duplicate, normalize
 from charlab.store.cache import RowCache
 
 __all__ = [
@@ -298,18 +298,6 @@ def answer_messages(domain: Domain, flavor: Flavor, question: str, settings: Cha
     prompt = settings.answer_template.format(domain=domain.name, description=domain.description,
                                              style=domain.style(flavor), question=question)
     return [{"role": "user", "content": prompt}]
-
-
-def extract_tagged(generation: Generation, tag: str) -> str | None:
-    """The text the writer put between ``<tag>`` and ``</tag>``, or None when there is none to use.
-
-    The closing tag may be missing when the writer stopped by itself (the stop string ends a
-    generation before it), but an output cut off by the token cap is unfinished and yields None.
-    """
-    match = re.search(rf"<{tag}>(.*?)(</{tag}>|$)", generation.text, re.DOTALL | re.IGNORECASE)
-    if match is None or (not match.group(2) and generation.finish_reason == "length"):
-        return None
-    return match.group(1).strip() or None
 
 
 # ----------------------------------------------------------------------------------------------

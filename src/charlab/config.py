@@ -34,15 +34,25 @@ def line_index(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
     return index
 
 
+def json_line_index(text: str) -> dict[tuple, int]:
+    """Best-effort path -> line index for a JSON document: JSON is almost always valid YAML, whose
+    composer keeps lines. Empty when it is not."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    return line_index(node) if node is not None else {}
+
+
 def read_structured(path: str | Path) -> tuple[Any, dict[tuple, int]]:
-    """Parse a YAML or JSON file; return the data and a path -> line index (empty for JSON)."""
+    """Parse a YAML or JSON file; return the data and a path -> line index (best effort for JSON)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found; check the path")
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
         try:
-            return json.loads(text), {}
+            return json.loads(text), json_line_index(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     try:

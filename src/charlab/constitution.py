@@ -53,7 +53,7 @@ from pydantic import (
     model_validator,
 )
 
-from charlab.config import format_validation_error, line_index, read_structured
+from charlab.config import format_validation_error, json_line_index, read_structured
 from charlab.errors import ConfigError
 from charlab.io import atomic_write_text, iter_jsonl
 
@@ -367,7 +367,7 @@ def _load_oct_handwritten(path: Path, name: str | None) -> Constitution:
             f"{path}:1: the top level is a JSON {_json_type(data)}, not an array; {_HANDWRITTEN_HINT}"
             + (" (if it has one object per line, load it as oct-expanded)" if isinstance(data, dict) else "")
         )
-    lines = _json_line_index(text)
+    lines = json_line_index(text)
     rows = _check(_OctHandwritten, data, path, lines, _HANDWRITTEN_HINT).root
     return _from_oct(rows, path, _oct_to_native_lines(lines), _HANDWRITTEN_HINT, name)
 
@@ -406,15 +406,6 @@ def _json_type(value: Any) -> str:
 def _name_from_stem(path: Path) -> str:
     """OCT files carry no name; the file stem is the natural one (made folder-safe)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-.") or "imported"
-
-
-def _json_line_index(text: str) -> dict[tuple, int]:
-    """Best-effort element -> line index for a JSON document (JSON is almost always valid YAML)."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return {}
-    return line_index(node) if node is not None else {}
 
 
 def _oct_to_native_lines(lines: dict[tuple, int]) -> dict[tuple, int]:

@@ -38,16 +38,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from charlab.config import line_index, read_structured, validate
+from charlab.config import read_structured, validate
 from charlab.errors import ConfigError
 from charlab.generate import generate_cached
 from charlab.io import atomic_write_json, stable_hash
 from charlab.models.base import Backend, Generation, GenerationRequest, SamplingParams
 from charlab.pipeline.cards import DatasetCard, write_card
-from charlab.pipeline.prompts import find_duplicate, normalize, parse_numbered_list
+from charlab.pipeline.prompts import extract_tagged, find_duplicate, normalize, parse_numbered_list
 from charlab.store.cache import RowCache
 
 __all__ = [
@@ -337,17 +336,8 @@ def load_attack_set(ref: str | os.PathLike) -> AttackSet:
 
 
 def _load_set_file(path: Path) -> AttackSet:
-    data, _ = read_structured(path)
-    return validate(AttackSet, data, path, _json_lines(path))
-
-
-def _json_lines(path: Path) -> dict[tuple, int]:
-    """Line numbers for a JSON file's fields (JSON as written here is YAML too); empty when that fails."""
-    try:
-        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return {}
-    return line_index(node) if node is not None else {}
+    data, lines = read_structured(path)
+    return validate(AttackSet, data, path, lines)
 
 
 def _item_id(category: str, request: str, system_prompt: str, benign: bool) -> str:
@@ -645,14 +635,6 @@ class AttackerSettings(BaseModel):
         return SamplingParams(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
 
 
-def _tagged(generation: Generation, tag: str) -> str | None:
-    """Text between ``<tag>`` and ``</tag>``; a missing close tag is fine unless the output was cut off."""
-    match = re.search(rf"<{tag}>(.*?)(</{tag}>|$)", generation.text, re.DOTALL | re.IGNORECASE)
-    if match is None or (not match.group(2) and generation.finish_reason == "length"):
-        return None
-    return match.group(1).strip() or None
-
-
 @dataclass
 class _Attacker:
     """The attacker backend, cache and settings, plus the counts every stage adds to the card."""
@@ -726,7 +708,7 @@ def _stage_tagged(attacker: _Attacker, stage: str, tag: str, jobs: dict[Any, tup
         stride = attacker.settings.personas_per_category
         generations = attacker.ask(stage, [(jobs[k][1], jobs[k][2] + attempt * stride) for k in pending])
         for key, generation in zip(pending, generations):
-            value = _tagged(generation, tag)
+            value = extract_tagged(generation, tag)
             if value is None:
                 attacker.failed(stage, jobs[key][0], generation.text)
             else:

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, NamedTuple, TypeVar, get_args
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
-from charlab.config import format_validation_error, line_index, load_model
+from charlab.config import format_validation_error, json_line_index, load_model
 from charlab.errors import ConfigError
 from charlab.io import atomic_write_text, iter_jsonl
 
@@ -217,15 +217,6 @@ def _check(model: type[M], data: Any, source: str | Path, lines: dict[tuple, int
         raise ConfigError(format_validation_error(source, exc, lines) + (f"\n({hint})" if hint else "")) from None
 
 
-def _json_lines(text: str) -> dict[tuple, int]:
-    """Element -> line for a JSON document, best effort: JSON almost always parses as YAML, which keeps lines."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return {}
-    return line_index(node) if node is not None else {}
-
-
 def _read_upstream_role(path: Path) -> tuple[list[str], dict[tuple, int]]:
     """The ``pos`` prompts of one upstream role file, and their lines keyed as ``AxisRole.prompts``."""
     text = path.read_text(encoding="utf-8")
@@ -235,7 +226,7 @@ def _read_upstream_role(path: Path) -> tuple[list[str], dict[tuple, int]]:
         raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); {_ROLE_HINT}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: the top level is not a JSON object; {_ROLE_HINT}")
-    lines = _json_lines(text)
+    lines = json_line_index(text)
     role = _check(_UpstreamRole, data, path, lines, _ROLE_HINT)
     prompt_lines = {("prompts", *key[1:2]): line for key, line in lines.items() if key[:1] == ("instruction",)}
     return [item.pos for item in role.instruction], prompt_lines

@@ -33,7 +33,7 @@ from charlab.constitution import Constitution, Question, Trait, is_near_duplicat
 from charlab.errors import ConfigError
 from charlab.generate import generate_cached
 from charlab.io import atomic_write_jsonl, iter_jsonl, stable_hash
-from charlab.models.base import Backend, GenerationRequest, SamplingParams
+from charlab.models.base import Backend, Generation, GenerationRequest, SamplingParams
 from charlab.pipeline.cards import DatasetCard, Rejection
 from charlab.store.cache import RowCache
 
@@ -221,6 +221,18 @@ def _strip_quotes(text: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # Duplicates
 # ----------------------------------------------------------------------------------------------
+
+
+def extract_tagged(generation: Generation, tag: str) -> str | None:
+    """The text the writer put between ``<tag>`` and ``</tag>``, or None when there is none to use.
+
+    The closing tag may be missing when the writer stopped by itself (the stop string ends a
+    generation before it), but an output cut off by the token cap is unfinished and yields None.
+    """
+    match = re.search(rf"<{tag}>(.*?)(</{tag}>|$)", generation.text, re.DOTALL | re.IGNORECASE)
+    if match is None or (not match.group(2) and generation.finish_reason == "length"):
+        return None
+    return match.group(1).strip() or None
 
 
 def normalize(text: str) -> str:
