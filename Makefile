@@ -26,7 +26,7 @@ install-dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed
 	$(BIN)/charlab models fetch builtin:smollm2-135m
-	$(BIN)/charlab demo --out $(DEMO_OUT)
+	$(BIN)/charlab study run studies/demo.yaml --out $(DEMO_OUT)
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q

@@ -4,7 +4,9 @@ Renders 64 conversations, finds their assistant spans once, then alternates two 
 same padded batches: the hooked extraction at every layer (``mean_activations``) and the identical
 forward call with no hooks. Reports activations per second (response means, and response x layer
 vectors), the time to render and locate the spans, and the overhead ratio hooked / plain (the
-target is <= 1.2x). With ``--repeats N`` each pass keeps its fastest of N rounds.
+target is <= 1.2x). It also times the scoring path: ``HFBackend.score`` alone vs
+``score_and_extract``, which reads the activations in that same scoring pass (ratio
+``scoring_overhead_ratio``). With ``--repeats N`` each pass keeps its fastest of N rounds.
 
 By default the model is a tiny random Llama (2 layers, width 64, the SmolLM2 tokenizer) built in a
 temporary folder; ``--model builtin:smollm2-135m`` (or any ref) measures a real one.
@@ -29,6 +31,7 @@ from charlab.interp.activations import (
     mean_activations,
     padded_batches,
     response_tokens,
+    score_and_extract,
 )
 from charlab.models.hf import HFBackend
 from charlab.models.refs import ModelRef
@@ -99,6 +102,10 @@ def measure(backend: HFBackend, batch_size: int, repeats: int) -> dict:
     for _ in range(repeats):
         hooked_s = min(hooked_s, timed(hooked))
         plain_s = min(plain_s, timed(lambda: plain_forward(backend, responses, batch_size)))
+    score_alone_s = scored_s = float("inf")
+    for _ in range(repeats):
+        score_alone_s = min(score_alone_s, timed(lambda: backend.score(items)))
+        scored_s = min(scored_s, timed(lambda: score_and_extract(backend, items, layers, batch_size)))
     tokens = sum(len(r.input_ids) for r in responses)
     return {
         "responses": len(responses), "layers": len(layers), "tokens": tokens, "batch_size": batch_size,
@@ -107,6 +114,8 @@ def measure(backend: HFBackend, batch_size: int, repeats: int) -> dict:
         "activations_per_s": round(len(responses) * len(layers) / hooked_s, 1),
         "overhead_ratio": round(hooked_s / plain_s, 3),
         "end_to_end_ratio": round((spans_s + hooked_s) / plain_s, 3),
+        "score_alone_s": round(score_alone_s, 4), "score_and_extract_s": round(scored_s, 4),
+        "scoring_overhead_ratio": round(scored_s / score_alone_s, 3),
     }
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from fake_openai import FakeOpenAI
 
+from charlab.errors import ConfigError
 from charlab.interp.activations import load_activations
 from charlab.interp.axis import load_axis
 from charlab.interp.build_axis import AxisSettings, axis_prompts, build_axis
@@ -68,3 +70,21 @@ def test_axis_is_built_from_in_role_answers_and_saved_with_its_inputs(tiny_model
     assert space["empty_answers"] == 0
     assert space["role_answers"] == 12 and space["default_answers"] == 4 and space["unreadable_judgements"] == 1
     assert len(space["explained"]) == len(acts.layers)
+
+
+def test_without_a_threshold_every_role_answer_counts_and_nothing_is_judged(tiny_model_dir, tmp_path):
+    settings = AxisSettings(sampling=SamplingParams(temperature=1.0, max_new_tokens=6), threshold=None)
+    with HFBackend(ModelRef.parse(str(tiny_model_dir))) as backend, RowCache(tmp_path / "cache.sqlite") as cache:
+        built = build_axis(backend, None, settings, cache, tmp_path / "axis", roles=ROLES, defaults=DEFAULTS,
+                           questions=QUESTIONS)
+    assert built.roles_kept == ["lighthouse keeper", "river spirit", "clockmaker"] and built.unreadable == 0
+    assert not (tmp_path / "axis" / "judgements.jsonl").exists()
+    assert json.loads((tmp_path / "axis" / "persona_space.json").read_text())["judged"] is False
+
+
+def test_roles_can_be_chosen_by_name_and_unknown_names_are_refused():
+    settings = AxisSettings(role_names=["clockmaker", "lighthouse keeper"], prompts_per_role=1)
+    prompts = axis_prompts(ROLES, DEFAULTS, QUESTIONS, settings)
+    assert [p.cluster for p in prompts if p.cluster != "default"] == ["lighthouse keeper"] * 2 + ["clockmaker"] * 2
+    with pytest.raises(ConfigError, match="'sea witch'"):
+        axis_prompts(ROLES, DEFAULTS, QUESTIONS, AxisSettings(role_names=["clockmaker", "sea witch"]))

@@ -514,3 +514,12 @@ def test_jailbreak_command_end_to_end(cli, tmp_path):
     overall = {r.metric: r.value for r in rows if not r.group}
     assert overall["harmful_rate_with_persona"] == 0.0 and overall["refusal_rate_with_persona"] == 1.0
     assert "harmfulness@" in rows[0].judge  # --rubric harmfulness replaced the spec's alignment rubric
+
+
+def test_first_items_is_a_smaller_set_with_its_own_identity():
+    from charlab.evals.attacks import first_items
+
+    small = first_items(DEMO, 2)
+    assert len(small.harmful) == 2 and sum(item.benign for item in small.items) == 2
+    assert small.id != DEMO.id and small.name.endswith("-first-2") and small.built["cut_from"] == DEMO.id
+    assert [item.id for item in small.items] == [item.id for item in DEMO.items if item in small.items]

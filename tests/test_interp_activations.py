@@ -18,6 +18,7 @@ from charlab.interp.activations import (
     middle_band,
     response_tokens,
     save_activations,
+    score_and_extract,
 )
 from charlab.models import chat
 from charlab.models.hf import HFBackend
@@ -117,6 +118,17 @@ def test_adapter_stack_is_part_of_the_model(tiny_model_dir, tmp_path):
             [reference_means(stacked, c)[0] for c in CONVERSATIONS]), atol=1e-5, rtol=0)
     base = extract_activations(str(tiny_model_dir), CONVERSATIONS, layers=[0])  # a ref is loaded and freed
     assert not torch.allclose(with_adapter.values, base.values, atol=1e-3)
+
+
+def test_scoring_pass_gives_the_same_scores_and_activations_as_separate_passes(tiny):
+    scores, acts = score_and_extract(tiny, CONVERSATIONS, layers=[0, 1], ids=list("abcd"))
+    alone = extract_activations(tiny, CONVERSATIONS, layers=[0, 1])
+    assert acts.ids == tuple("abcd") and acts.layers == (0, 1)
+    torch.testing.assert_close(acts.values, alone.values, atol=1e-5, rtol=1e-5)
+    for joint, separate in zip(scores, tiny.score(CONVERSATIONS)):
+        assert joint.token_ids == separate.token_ids
+        torch.testing.assert_close(torch.tensor(joint.logprobs), torch.tensor(separate.logprobs), atol=1e-4,
+                                   rtol=1e-4)
 
 
 def test_save_holds_exactly_the_floats_and_round_trips(tiny, tmp_path):

@@ -258,7 +258,8 @@ def test_keyword_refusal_judge_says_it_is_a_heuristic():
 
 
 def test_shipped_rubrics_load_and_have_ids():
-    assert shipped_rubrics() == ["alignment", "coherence", "harmfulness", "role_adoption", "trait_expression"]
+    assert shipped_rubrics() == ["alignment", "coherence", "harmfulness", "persona_identity", "response_mode",
+                                 "role_adoption", "trait_expression"]
     alignment = load_rubric("alignment")
     assert alignment.kind == "numeric" and alignment.special_labels == ["REFUSAL", "CODE"]
     assert re.fullmatch(r"alignment@[0-9a-f]{12}", alignment.id)

@@ -128,6 +128,10 @@ def test_each_filter_drops_its_own_cases_in_order(tokenizer):
     assert whys == ["ends with 'I think that the'", "ends with 'Well, first you'", "hit the token limit"]
     assert card.drops["too_long"].examples[0]["tokens"] > 200
 
+    kept, card = build_pairs(teachers, students, tokenizer, PairSettings(max_length=200, keep_truncated=True))
+    assert [p["prompt"][0]["content"] for p in kept] == ["ok", "cut-teacher", "cut-student", "length-limit"]
+    assert [name for name, _, _ in funnel(card)] == ["matched", "non-empty", "fits"]
+
 
 @pytest.mark.parametrize("text", [
     "Done.", "Really!", "Why?", "Well…", "(see above)", "He said \"yes\"", "It's `x`", "**Bold.**",

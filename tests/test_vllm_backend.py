@@ -89,3 +89,25 @@ def test_score_and_views(engine, tiny_model_dir):
     assert view.fingerprint == engine.fingerprint
     with pytest.raises(ModelError, match="start another"):
         engine.view(ModelRef(base=str(tiny_model_dir)))
+
+
+def test_a_shared_engine_starts_from_a_bare_base(tiny_model_dir, tmp_path):
+    from charlab.models.vllm_backend import shared_engine
+
+    with pytest.raises(ModelError, match="bare base"):
+        shared_engine(ModelRef.parse(str(tiny_model_dir), [fake_adapter(tmp_path / "a", tiny_model_dir)]))
+
+
+@pytest.mark.gpu
+@needs_vllm
+def test_the_shared_engine_is_one_per_base_and_serves_views(tiny_model_dir):
+    from charlab.models.vllm_backend import close_shared_engines, shared_engine
+
+    try:
+        first = shared_engine("builtin:smollm2-135m", gpu_memory_utilization=0.3, max_model_len=2048)
+        assert shared_engine("builtin:smollm2-135m") is first
+        view = first.view("builtin:smollm2-135m")
+        request = GenerationRequest.make([{"role": "user", "content": "Say hi."}], SamplingParams(max_new_tokens=4), 0)
+        assert view.generate([request])[0].text == first.generate([request])[0].text
+    finally:
+        close_shared_engines()

@@ -24,7 +24,21 @@ err_console = Console(stderr=True)
 
 
 def _register() -> None:
-    from charlab.cli import budget, cache, challenge, conditions, constitution, data, demo, judge, models, train
+    from charlab.cli import (
+        axis,
+        budget,
+        cache,
+        challenge,
+        conditions,
+        constitution,
+        data,
+        demo,
+        judge,
+        models,
+        study,
+        train,
+    )
+    from charlab.cli import report as report_cli
     from charlab.cli import eval as eval_group
 
     app.add_typer(models.app, name="models")
@@ -37,6 +51,9 @@ def _register() -> None:
     app.add_typer(budget.app, name="budget")
     app.add_typer(judge.app, name="judge")
     app.add_typer(eval_group.app, name="eval")
+    app.add_typer(axis.app, name="axis")
+    app.add_typer(study.app, name="study")
+    app.command("report")(report_cli.report)
     app.command("demo")(demo.demo)
 
 

@@ -1,25 +1,19 @@
-"""``charlab demo``: the CPU demo on the embedded default model."""
+"""``charlab demo``: the shipped demo study on the embedded default model (what ``make demo`` runs)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-from rich.console import Console
-
-console = Console()
 
 
-def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="run folder to write into (reused on rerun)"),
-    config: Path | None = typer.Option(None, "--config", help="experiment YAML (default: the packaged demo, "
-                                       "charlab/data/experiments/demo.yaml)"),
-) -> None:
-    """Train base, integrity, neutral, diverse SFT and HHH under one budget, audit it, apply the challenge.
+def demo(out: Path = typer.Option(Path("runs/demo"), help="run folder to write into (reused on rerun)")) -> None:
+    """The demo study: five conditions under one budget, the challenge, every instrument, and the report.
+
+    The same as `charlab study run demo --out runs/demo`.
 
     Example: charlab demo --out runs/demo
     """
-    from charlab.demo import run_demo
+    from charlab.cli.study import run
 
-    summary = run_demo(out, config)
-    console.print(f"report: {summary}\n        {summary.with_suffix('.html')}\nbudget audit: {out / 'budget_audit.md'}")
+    run("demo", out=out, executor="local", address=None, cache=None)

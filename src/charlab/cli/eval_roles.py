@@ -10,19 +10,27 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from charlab.cli.eval import ADAPTERS, BACKEND, CHALLENGE, CONDITION, MODEL, SEED, model_backend, target
-
-console = Console()
+from charlab.cli.eval import (
+    ADAPTERS,
+    BACKEND,
+    CACHE,
+    CHALLENGE,
+    CONDITION,
+    MODEL,
+    OUT,
+    SEED,
+    SETTINGS,
+    judge_from,
+    model_backend,
+    print_rows,
+    run_on_model,
+    settings_from,
+    target,
+)
 
 JUDGE = typer.Option(None, "--judge", help="judge spec YAML (backend, rubric, settings); its rubric is replaced "
                      "by --rubric")
-OUT = typer.Option(..., "--out", help="output folder for answers, judgements, values.jsonl and results.csv")
-CACHE = typer.Option(None, "--cache", help="row cache file (default: $CHARLAB_HOME/cache.sqlite)")
-SETTINGS = typer.Option(None, "--settings", help="settings YAML (samples, sampling, intervals, ...)")
 SAMPLES = typer.Option(None, "--samples", help="answers per prompt; overrides the settings file")
 VS_BASE = typer.Option(None, "--vs-base", help="--out folder of the same eval on the base model: adds paired "
                        "<metric>_vs_base rows")
@@ -58,14 +66,20 @@ def roles(
 
     Example: charlab eval roles -m builtin:smollm2-135m -a sft --judge judge.yaml --out roles/sft --vs-base roles/base
     """
-    from charlab.evals.roles import EVAL, RoleAdoptionSettings, load_questions, load_roles, run_role_adoption
+    from charlab.evals.roles import (
+        EVAL,
+        RoleAdoptionSettings,
+        load_questions,
+        load_roles,
+        run_role_adoption,
+    )
 
-    chosen = _settings(RoleAdoptionSettings, settings, samples, seed)
+    chosen = settings_from(RoleAdoptionSettings, settings, seed, samples=samples)
     role_list, questions = load_roles(role_set), load_questions(question_set)
     spec = model_backend(model, adapters, backend)
     who = target(condition, seed, challenge)
-    result = _run(lambda b, j, c: run_role_adoption(b, j, role_list, questions, chosen, who, c, out), spec,
-                  _judge(judge, rubric, required=True), cache)
+    result = run_on_model(lambda b, j, c: run_role_adoption(b, j, role_list, questions, chosen, who, c, out), spec,
+                          judge_from(judge, rubric, required=True), cache)
     _finish(result, out, vs_base, who, EVAL, chosen.intervals)
 
 
@@ -98,56 +112,29 @@ def traits(
     """
     from charlab.constitution import load_constitution
     from charlab.errors import ConfigError
-    from charlab.evals.traits import EVAL, TraitSettings, load_references, load_trait_prompts, run_trait_expression
+    from charlab.evals.traits import (
+        EVAL,
+        TraitSettings,
+        load_references,
+        load_trait_prompts,
+        run_trait_expression,
+    )
 
     if prompts is None and references is None:
         raise ConfigError("give --prompts (judged, with --judge) or --references (likelihood), or both")
-    chosen = _settings(TraitSettings, settings, samples, seed)
+    chosen = settings_from(TraitSettings, settings, seed, samples=samples)
     character = load_constitution(constitution)
     prompt_list = load_trait_prompts(prompts, chosen.keep_system) if prompts else []
     reference_list = load_references(references, chosen.keep_system) if references else []
     spec = model_backend(model, adapters, backend)
     who = target(condition, seed, challenge)
-    result = _run(lambda b, j, c: run_trait_expression(b, j, character, prompt_list, chosen, who, c, out,
+    result = run_on_model(lambda b, j, c: run_trait_expression(b, j, character, prompt_list, chosen, who, c, out,
                                                        reference_list),
-                  spec, _judge(judge, rubric, required=prompts is not None), cache)
+                  spec, judge_from(judge, rubric, required=prompts is not None), cache)
     _finish(result, out, vs_base, who, EVAL, chosen.intervals)
 
 
 # -- shared plumbing -----------------------------------------------------------------------------
-
-
-def _settings(model, path: Path | None, samples: int | None, seed: int):
-    """Settings from the file (or defaults), with --samples and --seed (the sampling seed) applied."""
-    from charlab.config import load_model
-
-    chosen = load_model(model, path) if path is not None else model()
-    update = {"seed": seed, **({"samples": samples} if samples is not None else {})}
-    return model.model_validate({**chosen.model_dump(), **update})
-
-
-def _judge(path: Path | None, rubric: str, required: bool):
-    """The judge from --judge with --rubric (``None`` when not given and not required)."""
-    from charlab.errors import ConfigError
-    from charlab.judges.judge import Judge
-
-    if path is None and required:
-        raise ConfigError("this evaluation needs a judge: --judge SPEC.yaml (backend, rubric, settings)")
-    return Judge.from_file(path, rubric) if path is not None else None
-
-
-def _run(evaluate, spec, judge, cache: Path | None):
-    """Build the model under test, call ``evaluate(backend, judge, cache)``, and close what was opened."""
-    from contextlib import ExitStack, closing
-
-    from charlab.models.factory import make_backend
-    from charlab.store.cache import RowCache
-
-    with ExitStack() as stack:
-        if judge is not None:
-            stack.enter_context(closing(judge))
-        backend = stack.enter_context(closing(make_backend(spec)))
-        return evaluate(backend, judge, stack.enter_context(RowCache(cache)))
 
 
 def _finish(result, out: Path, vs_base: Path | None, who, eval_name: str, intervals) -> None:
@@ -161,11 +148,4 @@ def _finish(result, out: Path, vs_base: Path | None, who, eval_name: str, interv
         rows = rows + effect_vs_base(result.units, read_unit_values(vs_base / VALUES_FILE), who, eval_name,
                                      intervals, judge)
         write_results(out, rows)
-    table = Table("metric", "group", "value", "interval", "n")
-    for row in rows:
-        interval = "" if row.ci_low is None else f"[{row.ci_low:.3f}, {row.ci_high:.3f}]"
-        table.add_row(row.metric, escape(row.group[:60]), f"{row.value:.3f}", interval, str(row.n))
-    console.print(table)
-    if result.report is not None:
-        console.print(escape(str(result.report)), highlight=False, soft_wrap=True)
-    console.print(f"results: {out / 'results.csv'}")
+    print_rows(rows, result.report, out)

@@ -327,6 +327,19 @@ def write_attack_set(path: str | os.PathLike, attack_set: AttackSet) -> Path:
     return atomic_write_json(path, attack_set.frozen().model_dump(mode="json"))
 
 
+def first_items(attack_set: AttackSet, n: int) -> AttackSet:
+    """The first ``n`` misuse items and the first ``n`` benign controls, as a smaller set of its own.
+
+    Its name says what it was cut from and its hash is its own, so results on it never pass for
+    results on the whole set.
+    """
+    harmful, benign = attack_set.harmful[:n], [item for item in attack_set.items if item.benign][:n]
+    kept = {id(item) for item in (*harmful, *benign)}
+    items = tuple(item for item in attack_set.items if id(item) in kept)
+    return AttackSet(name=f"{attack_set.name}-first-{n}", description=attack_set.description,
+                     built={**attack_set.built, "cut_from": attack_set.id, "first": n}, items=items)
+
+
 def load_attack_set(ref: str | os.PathLike) -> AttackSet:
     """``demo`` (the shipped mild set) or a JSON file; a bad field names file, line and field."""
     if str(ref) == DEMO and not Path(ref).exists():

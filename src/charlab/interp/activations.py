@@ -29,7 +29,7 @@ import torch
 from charlab.errors import ConfigError, ModelError
 from charlab.io import atomic_write_bytes, atomic_write_json, sha256_file
 from charlab.models import chat
-from charlab.models.base import check_messages
+from charlab.models.base import TokenScores, check_messages
 from charlab.models.hf import HFBackend
 from charlab.models.refs import ModelRef, ResolvedModel
 
@@ -163,22 +163,56 @@ class _SpanMeans:
 def mean_activations(model: Any, responses: Sequence[ResponseTokens], layers: Sequence[int], *, batch_size: int,
                      pad_id: int, padding_side: Padding = "right") -> torch.Tensor:
     """``[N, len(layers), hidden]`` float32 means over each response's span, from hooked forward passes."""
+    return _hooked_passes(model, responses, layers, batch_size, pad_id, padding_side, score=False)[0]
+
+
+def _hooked_passes(model: Any, responses: Sequence[ResponseTokens], layers: Sequence[int], batch_size: int,
+                   pad_id: int, padding_side: Padding, *, score: bool) -> tuple[torch.Tensor, list[TokenScores]]:
+    """One forward pass per batch; the hooks reduce activations and, with ``score``, the logits score the span.
+
+    Scoring needs the logits at the positions before each response token. Left padding puts every
+    span near the end of its row, so only the tail is projected onto the vocabulary, as in
+    ``HFBackend.score``; without scoring one position is enough.
+    """
     lm = language_model(model)
     blocks = decoder_layers(lm)
     device = next(lm.parameters()).device
     values = torch.empty((len(responses), len(layers), lm.config.hidden_size), dtype=torch.float32)
+    scores: list[TokenScores | None] = [None] * len(responses) if score else []
     reducer = _SpanMeans()
     handles = [blocks[layer].register_forward_hook(reducer.hook(slot)) for slot, layer in enumerate(layers)]
     try:
         with torch.inference_mode():
             for batch, inputs, span in padded_batches(responses, batch_size, pad_id, device, padding_side):
                 reducer.start_batch(span, len(layers), values.shape[-1])
-                lm(**inputs, use_cache=False, logits_to_keep=1)
+                keep = _tail_needed(responses, batch, inputs["input_ids"].shape[1], padding_side) if score else 1
+                logits = lm(**inputs, use_cache=False, logits_to_keep=keep).logits
                 values[batch] = reducer.means.cpu()
+                if score:
+                    _read_scores(logits, responses, batch, span, scores)
     finally:
         for handle in handles:
             handle.remove()
-    return values
+    return values, scores
+
+
+def _tail_needed(responses: Sequence[ResponseTokens], batch: list[int], width: int, padding_side: Padding) -> int:
+    """How many final positions' logits cover every row's span (the position before each token included)."""
+    if padding_side != "left":
+        return width
+    return max(len(responses[i].input_ids) - responses[i].span[0] + 1 for i in batch)
+
+
+def _read_scores(logits: torch.Tensor, responses: Sequence[ResponseTokens], batch: list[int], span: torch.Tensor,
+                 scores: list[TokenScores | None]) -> None:
+    """Log-probability of each span token from the logits at the position just before it."""
+    offset = span.shape[1] - logits.shape[1]  # logits cover the last positions of the padded row
+    for row, i in enumerate(batch):
+        positions = span[row].nonzero().squeeze(1)
+        targets = responses[i].input_ids[responses[i].span[0]:responses[i].span[1]]
+        predicted = logits[row, positions - 1 - offset].float().log_softmax(-1)
+        picked = predicted.gather(1, torch.tensor(targets, device=predicted.device)[:, None]).squeeze(1)
+        scores[i] = TokenScores(token_ids=list(targets), logprobs=picked.tolist())
 
 
 def check_layers(layers: Sequence[int] | None, num_layers: int) -> tuple[int, ...]:
@@ -207,14 +241,35 @@ def extract_activations(model_or_backend: HFBackend | ModelRef | ResolvedModel |
 
 
 def _extract(backend: HFBackend, conversations, layers, batch_size, ids, padding_side) -> Activations:
-    names = tuple(str(i) for i in range(len(conversations))) if ids is None else tuple(ids)
-    if len(names) != len(conversations):
-        raise ConfigError(f"{len(names)} ids for {len(conversations)} conversations; give one id per conversation")
+    names = _names(ids, conversations)
     chosen = check_layers(layers, len(decoder_layers(backend)))
     responses = response_tokens(backend.tokenizer, conversations)
     values = mean_activations(backend, responses, chosen, batch_size=batch_size or backend.batch_size,
                               pad_id=backend.tokenizer.pad_token_id, padding_side=padding_side)
     return Activations(values, chosen, names, backend.fingerprint)
+
+
+def score_and_extract(backend: HFBackend, conversations: Sequence[Sequence[dict]],
+                      layers: Sequence[int] | None = None, batch_size: int | None = None, *,
+                      ids: Sequence[str] | None = None) -> tuple[list[TokenScores], Activations]:
+    """``HFBackend.score`` and ``extract_activations`` from the same forward pass over each conversation.
+
+    An eval that scores its answers anyway (log-likelihood, fluency) gets their activations without
+    a second pass over the same tokens; the benchmark ``bench_activations.py`` measures the cost.
+    """
+    names = _names(ids, conversations)
+    chosen = check_layers(layers, len(decoder_layers(backend)))
+    responses = response_tokens(backend.tokenizer, conversations)
+    values, scores = _hooked_passes(backend, responses, chosen, batch_size or backend.batch_size,
+                                    backend.tokenizer.pad_token_id, "left", score=True)
+    return scores, Activations(values, chosen, names, backend.fingerprint)
+
+
+def _names(ids: Sequence[str] | None, conversations: Sequence) -> tuple[str, ...]:
+    names = tuple(str(i) for i in range(len(conversations))) if ids is None else tuple(ids)
+    if len(names) != len(conversations):
+        raise ConfigError(f"{len(names)} ids for {len(conversations)} conversations; give one id per conversation")
+    return names
 
 
 def mean_norms(acts: Activations) -> dict[int, float]:

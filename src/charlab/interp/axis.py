@@ -125,10 +125,16 @@ def save_axis(folder: str | os.PathLike, axis: Axis) -> Path:
 
 
 def load_axis(path: str | os.PathLike, layers: Sequence[int] | None = None) -> Axis:
-    """An axis saved by ``save_axis`` (a folder), or a ``[layers, hidden]`` tensor from elsewhere
-    (``.safetensors`` with one tensor, or ``.pt``); ``layers`` defaults to 0..L-1 for the latter."""
+    """An axis saved by ``save_axis`` (its folder, or the ``build_axis`` folder holding it in ``axis/``),
+    or a ``[layers, hidden]`` tensor from elsewhere (``.safetensors`` with one tensor, or ``.pt``);
+    ``layers`` defaults to 0..L-1 for the latter."""
     path = Path(path)
     if path.is_dir():
+        if not (path / AXIS_INDEX).is_file() and (path / "axis" / AXIS_INDEX).is_file():
+            path = path / "axis"
+        if not (path / AXIS_INDEX).is_file():
+            raise ConfigError(f"{path}: no {AXIS_INDEX}; give an axis folder (charlab axis build --out DIR) or a "
+                              ".safetensors / .pt tensor of shape [layers, hidden]")
         index = json.loads((path / AXIS_INDEX).read_text())
         return Axis(_read_tensor(path / AXIS_FILE), index["layers"], index["provenance"])
     tensor = _read_tensor(path)

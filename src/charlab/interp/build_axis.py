@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from charlab.errors import ConfigError
 from charlab.evals.answers import EvalPrompt, answer_prompts, judge_answers, write_answers
 from charlab.interp.activations import extract_activations, save_activations
 from charlab.interp.axis import Axis, PersonaSpace, compute_axis, persona_space, role_vectors, save_axis
@@ -47,13 +48,17 @@ class AxisSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     roles: int | None = Field(None, ge=2, description="first N roles of the set (None: all)")
+    role_names: list[str] | None = Field(None, min_length=2, description="these roles of the set, by name, "
+                                         "instead of the first N: a small axis wants roles far apart")
     prompts_per_role: int = Field(5, ge=1, description="first N system prompts of each role")
     questions: int | None = Field(None, ge=1, description="first N extraction questions (None: all)")
     model_name: str = Field("Assistant", description="fills {model_name} in the default prompts")
     sampling: SamplingParams = Field(SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=256),
                                      description="how the model answers")
     seed: int = Field(0, description="sampling seed")
-    threshold: float = Field(3, description="a role answer counts toward its role's vector at this score or above")
+    threshold: float | None = Field(3, description="a role answer counts toward its role's vector at this judged "
+                                    "adherence or above; None: every role answer counts and nothing is judged "
+                                    "(for judges too weak to score adherence, e.g. the CPU demo's)")
     min_count: int = Field(1, ge=1, description="roles with fewer answers at the threshold are left out")
     layers: list[int] | None = Field(None, description="layers to read (None: all)")
     components: int = Field(5, ge=1, description="principal components reported per layer")
@@ -72,7 +77,7 @@ def axis_prompts(roles: AxisRoleSet, defaults: DefaultPrompts, questions: Extrac
     """Role prompts x questions (cluster = role name), then default prompts x questions (cluster = default)."""
     asked = questions.questions[:settings.questions]
     prompts = []
-    for role in roles.roles[:settings.roles]:
+    for role in chosen_roles(roles, settings):
         for p, system in enumerate(role.prompts[:settings.prompts_per_role]):
             prompts += [EvalPrompt(f"{role.name}/{p}/{q.id}", _messages(system, q.text), role.name,
                                    {"system": system}) for q in asked]
@@ -83,12 +88,26 @@ def axis_prompts(roles: AxisRoleSet, defaults: DefaultPrompts, questions: Extrac
     return prompts
 
 
+def chosen_roles(roles: AxisRoleSet, settings: AxisSettings) -> list:
+    """The roles the settings name, in the set's order, or its first ``settings.roles``."""
+    if settings.role_names is None:
+        return roles.roles[:settings.roles]
+    known = {role.name for role in roles.roles}
+    unknown = [name for name in settings.role_names if name not in known]
+    if unknown:
+        raise ConfigError(f"role_names: {unknown} are not in the role set; its roles include "
+                          f"{', '.join(sorted(known)[:8])}, ... (charlab axis import or the set's YAML lists them all)")
+    wanted = set(settings.role_names)
+    return [role for role in roles.roles if role.name in wanted]
+
+
 def _messages(system: str, question: str) -> list[dict[str, str]]:
     turns = [{"role": "system", "content": system}] if system else []
     return [*turns, {"role": "user", "content": question}]
 
 
-def build_axis(backend: HFBackend, judge: Judge, settings: AxisSettings, cache: RowCache, out_dir: str | os.PathLike,
+def build_axis(backend: HFBackend, judge: Judge | None, settings: AxisSettings, cache: RowCache,
+               out_dir: str | os.PathLike,
                *, roles: AxisRoleSet | None = None, defaults: DefaultPrompts | None = None,
                questions: ExtractionQuestionSet | None = None) -> AxisBuild:
     """Answer, judge, extract and compute; write answers, judgements, activations and the axis into ``out_dir``."""
@@ -99,9 +118,15 @@ def build_axis(backend: HFBackend, judge: Judge, settings: AxisSettings, cache: 
     write_answers(out_dir / "answers.jsonl", generated)
     answers = [a for a in generated if a.text.strip()]  # an empty answer has no tokens to average
     in_role = [a for a in answers if a.cluster != DEFAULT]
-    records = judge_answers(judge, in_role, cache, context=lambda a: {"role": a.meta["system"]})
-    write_judge_records(out_dir / "judgements.jsonl", records)
-    scores = [_score(r) for r in records]
+    if settings.threshold is None:
+        records, scores, threshold = [], [0.0] * len(in_role), 0.0
+    else:
+        if judge is None:
+            raise ConfigError("building an axis with a role-adherence threshold needs a judge (role_adoption "
+                              "rubric); pass one, or set threshold: null to keep every role answer")
+        records = judge_answers(judge, in_role, cache, context=lambda a: {"role": a.meta["system"]})
+        write_judge_records(out_dir / "judgements.jsonl", records)
+        scores, threshold = [_score(r) for r in records], settings.threshold
 
     by_id = {p.item_id: p for p in prompts}
     conversations = [[*by_id[a.item_id].messages, {"role": "assistant", "content": a.text.strip()}]
@@ -112,16 +137,18 @@ def build_axis(backend: HFBackend, judge: Judge, settings: AxisSettings, cache: 
     role_index = [i for i, a in enumerate(answers) if a.cluster != DEFAULT]
     default_index = [i for i, a in enumerate(answers) if a.cluster == DEFAULT]
     names, vectors = role_vectors(acts.values[role_index], [a.cluster for a in in_role], scores,
-                                  threshold=settings.threshold, min_count=settings.min_count)
+                                  threshold=threshold, min_count=settings.min_count)
     axis = compute_axis(acts.values[default_index], vectors, acts.layers, {
-        "model": backend.fingerprint, "judge": judge.fingerprint, "rubric": judge.rubric.id,
+        "model": backend.fingerprint, "judge": judge.fingerprint if records else None,
+        "rubric": judge.rubric.id if records else None,
         "settings": settings.model_dump(mode="json"), "roles_kept": names})
     space = persona_space(vectors, axis, names, settings.components)
     save_axis(out_dir / "axis", axis)
     unreadable = sum(r.parse_error for r in records)
     atomic_write_json(out_dir / "persona_space.json", {
         "roles": names, "layers": axis.layers, "explained": space.explained.tolist(),
-        "axis_pc1_cosine": space.axis_pc1_cosine.tolist(), "unreadable_judgements": unreadable,
+        "axis_pc1_cosine": space.axis_pc1_cosine.tolist(), "judged": bool(records),
+        "unreadable_judgements": unreadable,
         "empty_answers": len(generated) - len(answers),
         "role_answers": len(in_role), "default_answers": len(default_index)})
     return AxisBuild(axis, space, names, unreadable)

@@ -16,6 +16,7 @@ exactly its unsteered outputs.
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ import torch
 
 from charlab.errors import ConfigError
 from charlab.interp.activations import check_layers, decoder_layers, language_model
+from charlab.io import stable_hash
 
 
 def assistant_axis(assistant: torch.Tensor, role_playing: torch.Tensor) -> torch.Tensor:
@@ -159,3 +161,38 @@ def _floor(direction: torch.Tensor, floor: float) -> Callable[[torch.Tensor], to
         shortfall = (floor - values @ direction).clamp_(min=0)
         return (values + shortfall[..., None] * direction).to(hidden.dtype)
     return lift
+
+
+class SteeredBackend:
+    """An ``HFBackend`` that generates and scores with a steering vector added; a cache-safe identity.
+
+    The fingerprint names the base model and the exact steering (vector bytes, coefficient, layers,
+    unit norms), so steered rows are cached apart from unsteered ones and from other coefficients.
+    The hooks exist only during each call.
+    """
+
+    def __init__(self, backend: Any, vector: torch.Tensor, coefficient: float, layers: Sequence[int],
+                 unit_norms: float | Sequence[float] | Mapping[int, float]):
+        self.inner, self.vector, self.coefficient = backend, torch.as_tensor(vector).float(), float(coefficient)
+        self.layers, self.unit_norms = tuple(layers), unit_norms
+        self.name = f"{backend.name}+steer"
+        self.batch_size = getattr(backend, "batch_size", None)
+
+    @property
+    def fingerprint(self) -> str:
+        norms = dict(self.unit_norms) if isinstance(self.unit_norms, Mapping) else self.unit_norms
+        vector = hashlib.sha256(self.vector.contiguous().numpy().tobytes()).hexdigest()
+        steering = stable_hash({"vector": vector, "coefficient": self.coefficient, "layers": list(self.layers),
+                                "norms": norms if isinstance(norms, (float, int, dict)) else list(norms)})
+        return f"{self.inner.fingerprint}+steer-{steering}"
+
+    def generate(self, requests, *, progress: bool = False):
+        with steer(self.inner, self.vector, self.coefficient, self.layers, self.unit_norms):
+            return self.inner.generate(requests, progress=progress)
+
+    def score(self, conversations):
+        with steer(self.inner, self.vector, self.coefficient, self.layers, self.unit_norms):
+            return self.inner.score(conversations)
+
+    def close(self) -> None:
+        """The wrapped backend belongs to the caller, who closes it."""

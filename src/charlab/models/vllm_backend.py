@@ -200,3 +200,25 @@ class VLLMBackend:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_SHARED: dict[str, VLLMBackend] = {}
+
+
+def shared_engine(base: ModelRef | ResolvedModel | str, **options) -> VLLMBackend:
+    """One engine per base model for this process, so evaluating N adapter stacks loads the base once.
+
+    Callers take ``.view(ref)`` of it for each model under test; ``close_shared_engines`` ends them.
+    """
+    resolved = as_resolved(base)
+    if resolved.adapters:
+        raise ModelError(f"{resolved.ref}: a shared engine is started from the bare base model")
+    if resolved.base_fingerprint not in _SHARED:
+        _SHARED[resolved.base_fingerprint] = VLLMBackend(resolved, **options)
+    return _SHARED[resolved.base_fingerprint]
+
+
+def close_shared_engines() -> None:
+    for engine in _SHARED.values():
+        engine.close()
+    _SHARED.clear()

@@ -427,3 +427,9 @@ def write_sft_dataset(path: str | os.PathLike, examples: list[Example], card: Da
     if card is not None:
         write_card(card, path)
     return path
+
+
+def reflection_prompt_count(path: Path | None = None) -> int:
+    """How many reflection prompts a file (default: the shipped one) holds; for cost estimates."""
+    reflection, _ = _load(_ReflectionFile, path, "reflection_prompts.yaml")
+    return len(reflection.prompts)

@@ -76,6 +76,9 @@ class PairSettings(BaseModel):
         DEFAULT_PLACEHOLDER, description="Regex for unformatted template fields that must not reach training data; "
                                          "null turns the check off.")
     max_examples: int = Field(3, ge=0, description="Examples kept on the card per drop reason.")
+    keep_truncated: bool = Field(False, description="Keep pairs whose replies were cut off (token limit or unfinished "
+                                 "last sentence). Off by default: a cut-off reply teaches the student to stop "
+                                 "mid-thought. For tiny runs where full replies cost too much (the CPU demo).")
 
     @field_validator("teacher_names")
     @classmethod
@@ -251,8 +254,9 @@ def build_pairs(teacher_records: Iterable[Mapping[str, Any]], student_records: I
     )
     candidates = _match(teachers, students, card)
     candidates = card.filter("non-empty", "both replies have text", candidates, _empty)
-    candidates = card.filter("complete", "neither reply was cut off (token limit or unfinished last sentence)",
-                             candidates, lambda c: _truncated(c, settings))
+    if not settings.keep_truncated:
+        candidates = card.filter("complete", "neither reply was cut off (token limit or unfinished last sentence)",
+                                 candidates, lambda c: _truncated(c, settings))
     _rename(candidates, settings, card)
     _measure(candidates, tokenizer)
     reached_length_check = candidates

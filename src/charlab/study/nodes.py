@@ -1,0 +1,305 @@
+"""What each kind of study step does, using the library's stages.
+
+Every node runs as a step of ``RUN/study`` keyed by the config it reads and its dependencies'
+keys, so a finished node is skipped without loading a model, and a changed config redoes only
+the nodes it reaches. The library stages underneath keep their own steps, so a node killed
+halfway resumes inside the stage (a training resumes from its last checkpoint).
+
+Layout written by the nodes::
+
+    RUN/study.json                        the study as run (+ its hash)
+    RUN/experiment.json                   the experiment part, read by the budget audit
+    RUN/conditions/..., RUN/challenges/.. the trainings (``charlab.experiment``)
+    RUN/axis/                             the axis built on the base model
+    RUN/evals/<condition>/seed-<s>/<stage>/  every evaluation of one model under test + results.csv
+    RUN/margins/<condition>/seed-<s>/     the judge-free challenge margin
+    RUN/results.csv, .parquet             every row of the study; RUN/report/ the report
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextlib import ExitStack, closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from charlab.conditions import CONDITION_FILE, train_condition
+from charlab.evals.results import EvalTarget, ResultRow, read_results, write_results
+from charlab.experiment import CHALLENGE_FILE, apply_challenge, challenge_dir, condition_dir
+from charlab.io import atomic_write_json, read_jsonl, stable_hash
+from charlab.models.factory import BackendSpec, make_backend
+from charlab.models.refs import ModelRef
+from charlab.store.artifacts import Run, Step
+from charlab.study.config import StudyConfig
+from charlab.study.plan import Node, Plan
+
+STUDY_VERSION = "study-v1"
+NODE_FILE = "node.json"
+
+
+@dataclass
+class StudyRun:
+    """Where a study runs and what it shares between nodes."""
+
+    study: StudyConfig
+    plan: Plan
+    out: Path
+    cache_path: Path | None = None
+
+    def step(self, node: Node, keys: dict[str, str]) -> Step:
+        return Run(self.out / "study").step(node.kind, node_inputs(self, node, keys), version=STUDY_VERSION,
+                                            label=node.id.replace("/", "--"))
+
+
+def node_keys(run: StudyRun) -> dict[str, str]:
+    """Each node's step key, in plan order (a node's key includes its dependencies' keys)."""
+    keys: dict[str, str] = {}
+    for node in run.plan.nodes:
+        keys[node.id] = run.step(node, keys).key
+    return keys
+
+
+def node_inputs(run: StudyRun, node: Node, keys: dict[str, str]) -> dict[str, Any]:
+    """The parts of the study a node reads, and its dependencies' keys."""
+    study = run.study
+    dump = study.model_dump(mode="json")
+    common = {"base": dump["base"], "budget": dump["budget"], "teacher": dump["teacher"]}
+    by_kind: dict[str, dict[str, Any]] = {
+        "train": {**common, "condition": _condition(study, node.params.get("condition")), "seed": node.params.get(
+            "seed")},
+        "challenge": {"challenge": next((c.model_dump(mode="json") for c in study.challenges
+                                         if c.name == node.params.get("challenge")), None)},
+        "axis": {"base": dump["base"], "axis": dump["evaluations"]["axis"], "judge": dump["backends"]["judge"]},
+        "evaluate": {"name": study.name, "evaluations": dump["evaluations"], "backends": dump["backends"],
+                     "params": node.params},
+        "margin": {"name": study.name, "margin": dump["evaluations"]["margin"], "params": node.params},
+        "audit": {},
+        "report": {"name": study.name, "analysis": dump["analysis"]},
+    }
+    return {"id": node.id, "inputs": by_kind[node.kind], "deps": [keys[d] for d in node.deps]}
+
+
+def _condition(study: StudyConfig, name: str | None) -> dict | None:
+    return next((c.model_dump(mode="json") for c in study.conditions if c.name == name), None)
+
+
+def execute(run: StudyRun, node: Node, step: Step) -> None:
+    """Run one node inside its step and write its small record; the step must not be done."""
+    with step.running():
+        record = RUNNERS[node.kind](run, node) or {}
+        atomic_write_json(step.path(NODE_FILE), {"id": node.id, **record})
+        step.finish(counts={k: v for k, v in record.items() if isinstance(v, int)})
+
+
+# -- trainings ---------------------------------------------------------------------------------------
+
+
+def _trained(run: StudyRun, name: str, seed: int):
+    """The condition for one seed, trained or resumed (instant when its steps are done)."""
+    study = run.study
+    condition = next(c for c in study.conditions if c.name == name)
+    return train_condition(condition, study.base, study.budget, condition_dir(run.out, name, seed), seed=seed,
+                           teacher=study.teacher, cache_path=run.cache_path)
+
+
+def _train(run: StudyRun, node: Node) -> dict:
+    result = _trained(run, node.params["condition"], node.params["seed"])
+    return {"model": result.model.model_dump(mode="json"), "stages": len(result.trained)}
+
+
+def _challenge(run: StudyRun, node: Node) -> dict:
+    challenge = next(c for c in run.study.challenges if c.name == node.params["challenge"])
+    result = apply_challenge(challenge, _trained(run, node.params["condition"], node.params["seed"]), run.out)
+    return {"model": result.model.model_dump(mode="json")}
+
+
+def model_under_test(out: Path, condition: str, seed: int, stage: str) -> ModelRef:
+    """The model a finished train or challenge node recorded."""
+    record = (condition_dir(out, condition, seed) / CONDITION_FILE if stage == "before"
+              else challenge_dir(out, stage, condition, seed) / CHALLENGE_FILE)
+    return ModelRef.model_validate(json.loads(record.read_text())["model"])
+
+
+# -- evaluations -------------------------------------------------------------------------------------
+
+
+def judge_spec(study: StudyConfig) -> BackendSpec:
+    judge = study.backends.judge
+    return BackendSpec(kind="hf", model=study.base) if judge == "base" else judge
+
+
+def _axis(run: StudyRun, node: Node) -> dict:
+    from charlab.interp.build_axis import build_axis
+    from charlab.judges.judge import Judge
+    from charlab.judges.rubrics import load_rubric
+    from charlab.models.hf import HFBackend
+    from charlab.store.cache import RowCache
+
+    settings = run.study.evaluations.axis
+    with ExitStack() as stack:
+        cache = stack.enter_context(RowCache(run.cache_path))
+        base = stack.enter_context(HFBackend(run.study.base))
+        judge = None
+        if settings.threshold is not None:
+            judge = Judge(stack.enter_context(closing(make_backend(judge_spec(run.study)))),
+                          load_rubric("role_adoption"), run.study.evaluations.suite.judge)
+        built = build_axis(base, judge, settings, cache, run.out / "axis")
+    return {"roles": len(built.roles_kept), "unreadable": built.unreadable}
+
+
+def _serve(run: StudyRun, model: ModelRef, stack: ExitStack):
+    """The model under test on the backend the study names.
+
+    With vllm, one engine per base serves every model as a LoRA; a stack of several adapters is
+    first composed into one exact adapter (``training.compose``), kept under ``RUN/served/``.
+    """
+    if run.study.backends.evaluate == "vllm":
+        from charlab.models.vllm_backend import shared_engine
+
+        if len(model.adapters) > 1:
+            model = _composed(run, model)
+        return shared_engine(model.model_copy(update={"adapters": []})).view(model)
+    from charlab.models.hf import HFBackend
+
+    return stack.enter_context(HFBackend(model))
+
+
+def _composed(run: StudyRun, model: ModelRef) -> ModelRef:
+    from charlab.training.compose import compose_adapters
+
+    resolved = model.resolve()
+    step = Run(run.out / "served").step("compose", {"model": resolved.fingerprint}, version=STUDY_VERSION)
+    if not step.done:
+        with step.running():
+            compose_adapters([a.load_from for a in resolved.adapters], step.path("adapter"))
+            step.finish()
+    return model.model_copy(update={"adapters": []}).with_adapter(step.path("adapter"))
+
+
+def _evaluate(run: StudyRun, node: Node) -> dict:
+    from charlab.evals.context import run_context
+    from charlab.evals.suite import run_suite
+    from charlab.evals.situations import load_situations
+    from charlab.interp.axis import load_axis
+    from charlab.judges.judge import Judge
+    from charlab.judges.rubrics import load_rubric
+    from charlab.models.hf import HFBackend
+    from charlab.store.cache import RowCache
+
+    study, params = run.study, node.params
+    evaluations = study.evaluations
+    stage = params["stage"]
+    model = model_under_test(run.out, params["condition"], params["seed"], stage)
+    target = EvalTarget(study=study.name, condition=params["condition"], seed=params["seed"],
+                        challenge="" if stage == "before" else stage)
+    out = run.out / "evals" / params["condition"] / f"seed-{params['seed']}" / stage
+    wanted = {*evaluations.evals, *(evaluations.evals_after or ())}
+    constitution, trait_prompts = _trait_material(run) if "traits" in wanted else (None, None)
+    axis = load_axis(run.out / "axis") if evaluations.axis is not None else None
+    with ExitStack() as stack:
+        cache = stack.enter_context(RowCache(run.cache_path))
+        judge = stack.enter_context(closing(make_backend(judge_spec(study))))
+        backend = _serve(run, model, stack)
+        chosen = evaluations.evals if stage == "before" or evaluations.evals_after is None else evaluations.evals_after
+        rows = run_suite(model, backend, judge, target, cache, out / "suite", evaluations.suite,
+                         constitution=constitution, trait_prompts=trait_prompts, evals=chosen)
+        inside = evaluations.context is not None or evaluations.steer_sweep is not None
+        if stage == "before" and inside:
+            hooked = backend if isinstance(backend, HFBackend) else stack.enter_context(HFBackend(model))
+            if evaluations.context is not None:  # activations need hooks: always the hf backend
+                mode_judge = Judge(judge, load_rubric("response_mode"), evaluations.suite.judge)
+                rows += run_context(hooked, mode_judge, load_situations(), evaluations.context, target, cache,
+                                    out / "context", axis=axis).rows
+            if evaluations.steer_sweep is not None:
+                rows += _sweep(study, hooked, judge, axis, target, cache, out / "sweep")
+    write_results(out, rows)
+    return {"rows": len(rows), "results": str((out / "results.csv").relative_to(run.out))}
+
+
+def _sweep(study: StudyConfig, backend, judge, axis, target: EvalTarget, cache, out: Path) -> list[ResultRow]:
+    from charlab.evals.attacks import load_attack_set
+    from charlab.evals.roles import load_questions
+    from charlab.evals.steer_sweep import run_steer_sweep
+
+    return run_steer_sweep(backend, axis, judge, load_questions(), load_attack_set(study.evaluations.suite.attacks),
+                           study.evaluations.steer_sweep, target, cache, out).rows
+
+
+def _trait_material(run: StudyRun):
+    """The traits_of condition's constitution and the questions its distillation never used."""
+    from charlab.constitution import load_constitution
+    from charlab.evals.answers import EvalPrompt
+
+    study = run.study
+    name = study.evaluations.traits_of
+    seed = next(c for c in study.conditions if c.name == name).seeds[0]
+    folder = condition_dir(run.out, name, seed)
+    constitution = load_constitution(folder / "constitution.yaml")
+    seen = {r["messages"][-1]["content"] for path in (folder / "steps" / "distill").glob("*/student.jsonl")
+            for r in read_jsonl(path)}
+    held_out = [q for q in constitution.questions if q.text not in seen][:study.evaluations.traits_prompts]
+    return constitution, [EvalPrompt(f"held-out-{i}", [{"role": "user", "content": q.text}], f"held-out-{i}")
+                          for i, q in enumerate(held_out)]
+
+
+def _margin(run: StudyRun, node: Node) -> dict:
+    from charlab.evals.challenge_margin import held_out_twins, margin_rows, margins
+    from charlab.models.hf import HFBackend
+
+    study, params = run.study, node.params
+    check = study.evaluations.margin
+    challenge = next(c for c in study.challenges if c.name == check.challenge)
+    twins = held_out_twins(challenge.data, check.twin, challenge.holdout)[:check.questions]
+    values = []
+    for stage in ("before", challenge.name):
+        with HFBackend(model_under_test(run.out, params["condition"], params["seed"], stage)) as backend:
+            values.append(margins(backend, twins))
+    before, after = (EvalTarget(study=study.name, condition=params["condition"], seed=params["seed"],
+                                challenge=label) for label in ("", challenge.name))
+    rows = margin_rows(twins, *values, before, after, seed=params["seed"])
+    out = run.out / "margins" / params["condition"] / f"seed-{params['seed']}"
+    write_results(out, rows)
+    return {"rows": len(rows), "questions": len(twins)}
+
+
+# -- audit and report -------------------------------------------------------------------------------
+
+
+def _audit(run: StudyRun, node: Node) -> dict:
+    from charlab.audit import audit_markdown, audit_run
+    from charlab.io import atomic_write_text
+
+    audit = audit_run(run.out)
+    atomic_write_text(run.out / "budget_audit.md", audit_markdown(audit))
+    atomic_write_json(run.out / "budget_audit.json", audit.to_dict())
+    return {"rows": len(audit.rows)}
+
+
+def study_rows(out: Path) -> list[ResultRow]:
+    """Every row the study's evaluation and margin nodes wrote, in a stable order."""
+    files = sorted([*(out / "evals").glob("*/*/*/results.csv"), *(out / "margins").glob("*/*/results.csv")])
+    return [row for file in files for row in read_results(file)]
+
+
+def _report(run: StudyRun, node: Node) -> dict:
+    from charlab.report import ReportSettings, build_report
+
+    rows = study_rows(run.out)
+    write_results(run.out, rows)
+    analysis = run.study.analysis
+    paths = build_report(run.out, ReportSettings(inertia_metric=analysis.inertia_metric, groups=analysis.groups,
+                                                 margin=analysis.margin, hardening_margin=analysis.hardening_margin,
+                                                 confidence=analysis.confidence))
+    return {"rows": len(rows), "html": str(paths.html.relative_to(run.out)),
+            "markdown": str(paths.markdown.relative_to(run.out))}
+
+
+RUNNERS: dict[str, Callable[[StudyRun, Node], dict | None]] = {
+    "train": _train, "challenge": _challenge, "axis": _axis, "evaluate": _evaluate, "margin": _margin,
+    "audit": _audit, "report": _report}
+
+
+def study_hash(study: StudyConfig) -> str:
+    return stable_hash(study.model_dump(mode="json"))
