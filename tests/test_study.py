@@ -45,6 +45,10 @@ def test_plan_has_every_node_with_its_dependencies(study_file):
         assert all(ids.index(dep) < position for dep in node.deps)
     assert not plan.node("train/base/seed-0").uses_model and plan.node("train/hhh/seed-0").uses_model
     assert plan.node("train/hhh/seed-0").cost.trained_tokens == 600
+    slower = plan_study(load_study(study_file).model_copy(update={"hardware": plan.study.hardware.model_copy(
+        update={"step_overhead_s": 36.0})}))
+    model_steps = sum(n.uses_model for n in plan.nodes)
+    assert slower.device_hours() - plan.device_hours() == pytest.approx(model_steps * 36.0 / 3600)
     text = "\n".join(plan_lines(plan))
     assert "| evaluate | 6 |" in text and "device-hours" in text.lower() and "API teacher tokens" in text
 

@@ -154,11 +154,12 @@ def _inertia_rows(table: Sequence[InertiaRow]) -> list[list[str]]:
 def inertia_section(data: RunData, settings: ReportSettings) -> Text:
     header = ["condition", "challenge", "seeds", "before", "after", "drop", "inertia", "note"]
     parts = ["## Inertia tables", "",
-             ("*Drop* is how much worse the challenge made the metric (alignment: before − after; critical rate: "
-              "after − before); *inertia* is base's drop minus the condition's. Intervals combine the rows' "
-              "intervals as independent normal errors (before and after share their questions, so these err "
-              "wide); a per-question paired bootstrap over the raw judgements would be tighter and is not done "
-              "here.")]
+             ("*Drop* is how much worse the challenge made the metric (alignment: before − after; critical rate "
+              "and the challenge margin: after − before); *inertia* is base's drop minus the condition's. Where "
+              "the evaluation wrote its own paired change (the challenge margin's `risky_margin_shift`, a "
+              "bootstrap over the same questions before and after), the drop is that; otherwise the rows' "
+              "intervals are combined as independent normal errors, which errs wide because before and after "
+              "share their questions.")]
     for metric in dict.fromkeys((settings.metric, ALIGNMENT, CRITICAL)):
         table = inertia_table(data.rows, metric=metric, base=settings.base, confidence=settings.confidence)
         parts += ["", f"### {'/'.join(metric)}", ""]

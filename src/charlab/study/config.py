@@ -111,6 +111,8 @@ class Hardware(BaseModel):
     name: str = Field("2-core CPU", description="what the numbers describe")
     generate_tokens_per_s: float = Field(40.0, gt=0, description="generated tokens per second, batched")
     train_tokens_per_s: float = Field(130.0, gt=0, description="trained tokens per second (LoRA, forward + backward)")
+    step_overhead_s: float = Field(0.0, ge=0, description="fixed seconds each model-running step costs beyond its "
+                                   "tokens (loading weights, prompt processing, judging locally)")
     gpus: int = Field(0, ge=0, description="GPUs each model-running step asks for (Ray resources)")
     memory_gb: float = Field(8.0, gt=0, description="memory each model-running step asks for (Ray resources)")
 

@@ -73,11 +73,14 @@ class Plan:
     def total(self) -> Cost:
         return sum((n.cost for n in self.nodes), Cost())
 
-    def device_hours(self, cost: Cost | None = None) -> float:
-        cost = cost or self.total
+    def device_hours(self, nodes: tuple[Node, ...] | list[Node] | None = None) -> float:
+        """Tokens at the hardware's throughputs plus its fixed overhead per model-running step."""
+        nodes = self.nodes if nodes is None else nodes
+        cost = sum((n.cost for n in nodes), Cost())
         hardware = self.study.hardware
         seconds = (cost.generated_tokens / hardware.generate_tokens_per_s
-                   + cost.trained_tokens / hardware.train_tokens_per_s)
+                   + cost.trained_tokens / hardware.train_tokens_per_s
+                   + hardware.step_overhead_s * sum(n.uses_model for n in nodes))
         return seconds / 3600
 
 
@@ -263,12 +266,13 @@ def plan_lines(plan: Plan) -> list[str]:
     for kind, members in kinds.items():
         cost = sum((n.cost for n in members), Cost())
         lines.append(f"| {kind} | {len(members)} | {cost.generated_tokens:,} | {cost.trained_tokens:,} | "
-                     f"{cost.judge_calls:,} | {cost.api_tokens:,} | {plan.device_hours(cost):.2f} |")
+                     f"{cost.judge_calls:,} | {cost.api_tokens:,} | {plan.device_hours(members):.2f} |")
     total = plan.total
     lines += [f"| **total** | {len(plan.nodes)} | {total.generated_tokens:,} | {total.trained_tokens:,} | "
               f"{total.judge_calls:,} | {total.api_tokens:,} | {plan.device_hours():.2f} |", "",
               (f"Device-hours assume {hardware.name}: {hardware.generate_tokens_per_s:g} generated and "
-               f"{hardware.train_tokens_per_s:g} trained tokens per second; every count is an upper bound "
+               f"{hardware.train_tokens_per_s:g} trained tokens per second and {hardware.step_overhead_s:g} s "
+               "of fixed cost per model-running step; every count is an upper bound "
                "(generations run to max_new_tokens, training rows to their length cap). Judge calls and an API "
                "teacher's tokens are billed by their providers, not counted in device-hours."), "", "## Steps", ""]
     for node in plan.nodes:
