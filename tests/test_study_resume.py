@@ -59,7 +59,7 @@ def test_killed_runs_resume_to_the_uninterrupted_results(tmp_path, tiny_model_di
         # Kill points: inside the character's DPO training, mid-study (just after two nodes finished), and late.
         points = (("in-training", lambda out: any(out.glob("conditions/tiny/seed-0/steps/dpo/*/*")), 0.5),
                   ("middle", lambda out: finished_nodes(out) >= 2, 1.0),
-                  ("late", lambda out: finished_nodes(out) >= total - 3, 0.3))
+                  ("late", lambda out: finished_nodes(out) >= total - 4, 0.3))
         for label, reached, extra_s in points:
             out, cache = tmp_path / label, tmp_path / f"{label}.sqlite"
             kill_when(study, out, cache, reached, extra_s)
