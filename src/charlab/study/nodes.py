@@ -22,6 +22,7 @@ import json
 from collections.abc import Callable
 from contextlib import ExitStack, closing
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -48,37 +49,48 @@ class StudyRun:
     out: Path
     cache_path: Path | None = None
 
+    @cached_property
+    def dump(self) -> dict[str, Any]:
+        """The study as JSON data, made once: every node's key reads parts of it."""
+        return self.study.model_dump(mode="json")
+
     def step(self, node: Node, keys: dict[str, str]) -> Step:
         return Run(self.out / "study").step(node.kind, node_inputs(self, node, keys), version=STUDY_VERSION,
                                             label=node.id.replace("/", "--"))
 
 
-def node_keys(run: StudyRun) -> dict[str, str]:
-    """Each node's step key, in plan order (a node's key includes its dependencies' keys)."""
+def node_steps(run: StudyRun) -> dict[str, Step]:
+    """Each node's step, in plan order (a node's key includes its dependencies' keys)."""
+    steps: dict[str, Step] = {}
     keys: dict[str, str] = {}
     for node in run.plan.nodes:
-        keys[node.id] = run.step(node, keys).key
-    return keys
+        steps[node.id] = run.step(node, keys)
+        keys[node.id] = steps[node.id].key
+    return steps
 
 
 def node_inputs(run: StudyRun, node: Node, keys: dict[str, str]) -> dict[str, Any]:
     """The parts of the study a node reads, and its dependencies' keys."""
-    study = run.study
-    dump = study.model_dump(mode="json")
-    common = {"base": dump["base"], "budget": dump["budget"], "teacher": dump["teacher"]}
-    by_kind: dict[str, dict[str, Any]] = {
-        "train": {**common, "condition": _condition(study, node.params.get("condition")), "seed": node.params.get(
-            "seed")},
-        "challenge": {"challenge": next((c.model_dump(mode="json") for c in study.challenges
-                                         if c.name == node.params.get("challenge")), None)},
-        "axis": {"base": dump["base"], "axis": dump["evaluations"]["axis"], "judge": dump["backends"]["judge"]},
-        "evaluate": {"name": study.name, "evaluations": dump["evaluations"], "backends": dump["backends"],
-                     "params": node.params},
-        "margin": {"name": study.name, "margin": dump["evaluations"]["margin"], "params": node.params},
-        "audit": {},
-        "report": {"name": study.name, "analysis": dump["analysis"]},
-    }
-    return {"id": node.id, "inputs": by_kind[node.kind], "deps": [keys[d] for d in node.deps]}
+    return {"id": node.id, "inputs": _reads(run, node), "deps": [keys[d] for d in node.deps]}
+
+
+def _reads(run: StudyRun, node: Node) -> dict[str, Any]:
+    """What one kind of node reads from the study: the config its key must change with."""
+    study, dump, params = run.study, run.dump, node.params
+    if node.kind == "train":
+        return {"base": dump["base"], "budget": dump["budget"], "teacher": dump["teacher"],
+                "condition": _condition(study, params.get("condition")), "seed": params.get("seed")}
+    if node.kind == "challenge":
+        return {"challenge": next((c for c in dump["challenges"] if c["name"] == params.get("challenge")), None)}
+    if node.kind == "axis":
+        return {"base": dump["base"], "axis": dump["evaluations"]["axis"], "judge": dump["backends"]["judge"]}
+    if node.kind == "evaluate":
+        return {"name": study.name, "evaluations": dump["evaluations"], "backends": dump["backends"], "params": params}
+    if node.kind == "margin":
+        return {"name": study.name, "margin": dump["evaluations"]["margin"], "params": params}
+    if node.kind == "report":
+        return {"name": study.name, "analysis": dump["analysis"]}
+    return {}  # audit: its dependencies' keys say everything
 
 
 def _condition(study: StudyConfig, name: str | None) -> dict | None:
@@ -200,8 +212,10 @@ def _evaluate(run: StudyRun, node: Node) -> dict:
     axis = load_axis(run.out / "axis") if evaluations.axis is not None else None
     with ExitStack() as stack:
         cache = stack.enter_context(RowCache(run.cache_path))
-        judge = stack.enter_context(closing(make_backend(judge_spec(study))))
         backend = _serve(run, model, stack)
+        spec = judge_spec(study)
+        same = isinstance(backend, HFBackend) and spec == BackendSpec(kind="hf", model=model)
+        judge = backend if same else stack.enter_context(closing(make_backend(spec)))  # base judging base: load once
         chosen = evaluations.evals if stage == "before" or evaluations.evals_after is None else evaluations.evals_after
         rows = run_suite(model, backend, judge, target, cache, out / "suite", evaluations.suite,
                          constitution=constitution, trait_prompts=trait_prompts, evals=chosen)

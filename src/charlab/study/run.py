@@ -21,9 +21,10 @@ from pathlib import Path
 
 from charlab.errors import CharlabError, ConfigError
 from charlab.io import atomic_write_json
+from charlab.store.artifacts import Step
 from charlab.study import state
 from charlab.study.config import StudyConfig, load_study
-from charlab.study.nodes import StudyRun, execute, node_keys, study_hash
+from charlab.study.nodes import StudyRun, execute, node_steps, study_hash
 from charlab.study.plan import Cost, Node, plan_study
 
 STUDY_FILE = "study.json"
@@ -70,9 +71,8 @@ def load_run(out: str | Path) -> StudyRun:
     return StudyRun(study, plan_study(study), out, Path(data["cache"]) if data.get("cache") else None)
 
 
-def run_node(run: StudyRun, node: Node, keys: dict[str, str]) -> bool:
-    """Run one node unless it is done; True when it ran."""
-    step = run.step(node, keys)
+def run_node(run: StudyRun, node: Node, step: Step) -> bool:
+    """Run one node in its step unless the step is done; True when it ran."""
     if step.done:
         return False
     state.mark_running(run.out, node)
@@ -86,10 +86,10 @@ def run_node(run: StudyRun, node: Node, keys: dict[str, str]) -> bool:
 
 
 def run_local(run: StudyRun, on_node: Callable[[Node, bool], None] | None = None) -> None:
-    keys = node_keys(run)
+    steps = node_steps(run)
     for node in run.plan.nodes:
         try:
-            ran = run_node(run, node, keys)
+            ran = run_node(run, node, steps[node.id])
         except Exception as exc:
             raise StudyFailed(f"step {node.id} failed: {exc} (charlab study status {run.out} shows every step)",
                               exc) from exc
@@ -100,7 +100,7 @@ def run_local(run: StudyRun, on_node: Callable[[Node, bool], None] | None = None
 def _ray_node(out: str, node_id: str, *upstream) -> str:
     """One node in a Ray worker: the study comes from the run folder, the step logic is the local one."""
     run = load_run(out)
-    run_node(run, run.plan.node(node_id), node_keys(run))
+    run_node(run, run.plan.node(node_id), node_steps(run)[node_id])
     return node_id
 
 
@@ -113,12 +113,12 @@ def run_ray(run: StudyRun, address: str | None, on_node: Callable[[Node, bool], 
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
-        keys = node_keys(run)
+        steps = node_steps(run)
         task = ray.remote(_ray_node)
         hardware = run.study.hardware
         refs: dict[str, object] = {}
         for node in run.plan.nodes:
-            if run.step(node, keys).done:
+            if steps[node.id].done:
                 continue
             options = {"num_gpus": hardware.gpus, "memory": int(hardware.memory_gb * 2**30)} if node.uses_model \
                 else {"num_cpus": 0}
@@ -170,10 +170,10 @@ def analysis_settings(out: str | Path):
 def study_status(out: str | Path) -> tuple[list[state.NodeStatus], Cost, Cost]:
     """Every node's status, the planned work of the finished ones, and the planned total."""
     run = load_run(out)
-    keys = node_keys(run)
+    steps = node_steps(run)
     statuses, spent = [], Cost()
     for node in run.plan.nodes:
-        step = run.step(node, keys)
+        step = steps[node.id]
         done = step.done
         finished = step.manifest.get("timings", {}).get("finished", "") if done else ""
         statuses.append(state.node_status(run.out, node, done, finished))
