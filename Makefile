@@ -8,7 +8,7 @@ CONSTRAINTS ?= constraints.txt
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS),)
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test install install-dev bench clean-venv
+.PHONY: demo test lint install install-dev bench clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ demo: $(VENV)/.installed
 	$(BIN)/charlab models fetch builtin:smollm2-135m
 	$(BIN)/charlab study run studies/demo.yaml --out $(DEMO_OUT)
 
-test: $(VENV)/.installed-dev
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed

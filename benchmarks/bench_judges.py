@@ -29,11 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fake_openai import FakeOpenAI  # noqa: E402
-
 from charlab.judges import Judge, JudgeConfig, JudgeItem, judge_items, load_rubric  # noqa: E402
 from charlab.models.openai_compat import OpenAIBackend, OpenAIConfig  # noqa: E402
 from charlab.store.cache import RowCache  # noqa: E402
+from fake_openai import FakeOpenAI  # noqa: E402
 
 
 def items(n: int) -> list[JudgeItem]:

@@ -25,14 +25,15 @@ from charlab.io import atomic_write_jsonl
 from charlab.models.base import GenerationRequest, SamplingParams
 from charlab.models.hf import HFBackend
 from charlab.models.refs import ModelRef
-from charlab.training.config import TrainingConfig
 from charlab.training.dpo import train_dpo
+from charlab.training.settings import TrainingConfig
 
 
 def build_model(tokenizer_dir: Path, out: Path, layers: int, hidden: int, intermediate: int) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
-                         num_hidden_layers=layers, num_attention_heads=hidden // 128, num_key_value_heads=min(8, hidden // 128),
+                         num_hidden_layers=layers, num_attention_heads=hidden // 128,
+                         num_key_value_heads=min(8, hidden // 128),
                          max_position_embeddings=8192, rope_theta=500000.0, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.set_default_dtype(torch.bfloat16)

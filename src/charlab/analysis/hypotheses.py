@@ -39,14 +39,14 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Literal
 
+from charlab.analysis.groups import HypothesisGroup
 from charlab.analysis.stats import Estimate, required_n_per_group
 
-Group = Literal["value", "neutral", "control"]
 Metric = Literal["inertia", "context_sensitivity", "hardening"]
 Verdict = Literal["supported", "contradicted", "inconclusive"]
 
-_CHARACTERS: tuple[Group, ...] = ("value", "neutral")
-_CONTROLS: tuple[Group, ...] = ("control",)
+_CHARACTERS: tuple[HypothesisGroup, ...] = ("value", "neutral")
+_CONTROLS: tuple[HypothesisGroup, ...] = ("control",)
 
 
 ROUNDING = 1e-9  # relative slack below which a difference sits on its threshold
@@ -56,7 +56,7 @@ class ConditionEvidence:
     """One trained condition's estimates; None where the study did not measure it."""
 
     name: str
-    group: Group
+    group: HypothesisGroup
     inertia: Estimate | None
     context_sensitivity: Estimate | None
     hardening: Estimate | None
@@ -94,7 +94,7 @@ def _usable(estimate: Estimate | None) -> bool:
     return estimate is not None and all(math.isfinite(v) for v in (estimate.value, estimate.low, estimate.high))
 
 
-def _group_mean(conditions: Sequence[ConditionEvidence], groups: tuple[Group, ...], metric: Metric,
+def _group_mean(conditions: Sequence[ConditionEvidence], groups: tuple[HypothesisGroup, ...], metric: Metric,
                 z: float) -> _Pooled | None:
     """Mean over the conditions in ``groups`` that have a finite ``metric``; None when none have."""
     estimates = [e for c in conditions if c.group in groups and _usable(e := getattr(c, metric))]

@@ -2,7 +2,9 @@
 
 For one condition, seed and challenge the **drop** is how much worse the challenge made a metric:
 ``before - after`` for a metric where higher is better (EM alignment), ``after - before`` for one
-where lower is better (the critical or harmful rate), so a positive drop always means harm.
+where lower is better (the critical or harmful rate), so a positive drop always means harm. Which
+way a metric points is declared beside the evaluation that writes it (``charlab.evals.registry``);
+callers pass it in as ``lower_is_better``.
 Drops are averaged over the training seeds that have both rows, and the condition's **inertia**
 is base's drop minus its own: positive means it resisted the challenge more than base did.
 
@@ -25,30 +27,19 @@ alignment, context sensitivity (probe accuracy over its chance level) and the ha
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from statistics import NormalDist
-from typing import Literal, get_args
 
+from charlab.analysis.groups import HYPOTHESIS_GROUPS
 from charlab.analysis.hypotheses import ConditionEvidence
+from charlab.analysis.results import ResultRow
 from charlab.analysis.stats import Estimate
-from charlab.errors import ConfigError
-from charlab.evals.results import ResultRow
 
-GroupName = Literal["value", "neutral", "control", "base", "other"]
-GROUPS: tuple[str, ...] = get_args(GroupName)
-HYPOTHESIS_GROUPS = ("value", "neutral", "control")  # the groups decide() compares; base and other stay out
 ALIGNMENT = ("em", "alignment_mean")
 CRITICAL = ("em", "critical_rate")
-# Metrics where a rise is the harm; every other metric is read as "higher is better".
-LOWER_IS_BETTER = frozenset({("em", "critical_rate"), ("em", "concerning_rate"),
-                             ("jailbreak", "harmful_rate_with_persona"),
-                             ("jailbreak", "harmful_rate_without_persona"),
-                             ("challenge_margin", "risky_margin")})
 
 
 def parse_metric(text: str) -> tuple[str, str]:
@@ -219,22 +210,23 @@ def _drop(before: Mapping[int, Estimate], after: Mapping[int, Estimate], lower_i
 
 
 def inertia_table(rows: Sequence[ResultRow], *, metric: tuple[str, str] = ALIGNMENT, challenge: str | None = None,
-                  base: str = "base", confidence: float = 0.95) -> list[InertiaRow]:
+                  base: str = "base", confidence: float = 0.95, lower_is_better: bool = False) -> list[InertiaRow]:
     """Drop and inertia of every condition under every challenge (or only ``challenge``).
 
     Reads the overall rows (group empty); conditions keep the table's order, challenges are
     sorted. Base itself gets its drop and a nan inertia: it is what the others are measured by.
     Where the table has the metric's paired change (``<metric>_shift`` rows after the challenge),
-    drops come from it. ``confidence`` is the level of the rows' intervals and of the ones returned.
+    drops come from it. ``confidence`` is the level of the rows' intervals and of the ones returned;
+    ``lower_is_better`` says a rise of the metric is the harm (the default suits EM alignment).
     """
     cells = seed_rows(rows, metric)
     shifts = seed_rows(rows, (metric[0], f"{metric[1]}_shift"))
     conditions = list(dict.fromkeys(condition for condition, _, _ in cells))
     challenges = sorted({c for _, c, _ in cells if c and (challenge is None or c == challenge)})
-    lower, bounds = metric in LOWER_IS_BETTER, natural_bounds(metric)
+    bounds = natural_bounds(metric)
     table = []
     for name in challenges:
-        drops = {c: _drop(cells.get((c, "", ""), {}), cells.get((c, name, ""), {}), lower, bounds,
+        drops = {c: _drop(cells.get((c, "", ""), {}), cells.get((c, name, ""), {}), lower_is_better, bounds,
                        confidence, shifts.get((c, name, "")))
                  for c in conditions}
         reference = drops.get(base)
@@ -254,49 +246,6 @@ def inertia_table(rows: Sequence[ResultRow], *, metric: tuple[str, str] = ALIGNM
             table.append(InertiaRow(condition, name, "/".join(metric), mine.seeds, mine.before, mine.after,
                                     mine.drop, inertia, "; ".join(reasons)))
     return table
-
-
-# -- groups ----------------------------------------------------------------------------------------
-
-
-def infer_group(record: Mapping) -> GroupName:
-    """The group a ``condition.json`` record implies (rules in ``condition_groups``)."""
-    kind = record.get("kind")
-    if kind in ("diverse-sft", "hhh"):
-        return "control"
-    if kind == "prompt-matched-neutral":
-        return "neutral"
-    if kind == "character":
-        constitution = str((record.get("spec") or {}).get("constitution", ""))
-        return "neutral" if "neutral" in Path(constitution).name.lower() else "value"
-    if kind == "base":
-        return "base"
-    return "other"
-
-
-def condition_groups(run_dir: str | Path, overrides: Mapping[str, str] | None = None) -> dict[str, GroupName]:
-    """Each trained condition's group, read from ``RUN/conditions/<name>/seed-*/condition.json``.
-
-    Kind diverse-sft or hhh is a control, prompt-matched-neutral is neutral, a character is
-    neutral when its constitution's name contains "neutral" and value otherwise, base is base,
-    and anything else (adapter stacks, shuffled traits, question diversity) is other. The first
-    seed's record speaks for the condition. ``overrides`` (name -> group) win, and may name
-    conditions that have no record.
-    """
-    groups: dict[str, GroupName] = {}
-    for path in sorted(Path(run_dir).glob("conditions/*/seed-*/condition.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path}: cannot be read ({exc}); rerun the experiment to rewrite it") from None
-        if not isinstance(record, dict):
-            raise ConfigError(f"{path}: expected a JSON object; rerun the experiment to rewrite it")
-        groups.setdefault(str(record.get("name") or path.parent.parent.name), infer_group(record))
-    for name, group in (overrides or {}).items():
-        if group not in GROUPS:
-            raise ConfigError(f"group override {name}={group}: the group must be one of {', '.join(GROUPS)}")
-        groups[name] = group  # type: ignore[assignment]
-    return groups
 
 
 # -- evidence for the hypotheses -----------------------------------------------------------------
@@ -368,16 +317,19 @@ def _only_challenge(rows: Sequence[ResultRow]) -> str | None:
 
 
 def gather_evidence(rows: Sequence[ResultRow], groups: Mapping[str, str], *, challenge: str | None = None,
-                    base: str = "base", confidence: float = 0.95, metric: tuple[str, str] = ALIGNMENT) -> Evidence:
+                    base: str = "base", confidence: float = 0.95, metric: tuple[str, str] = ALIGNMENT,
+                    lower_is_better: bool = False) -> Evidence:
     """Per value, neutral and control condition: inertia on ``metric`` under ``challenge``,
     context sensitivity and hardening (both before any challenge), with notes on what is missing.
 
     ``challenge=None`` means the table's only challenge (ValueError when it has several).
     Conditions with results but no group are named in the notes; base and other stay out.
+    ``lower_is_better`` is the metric's direction (see ``inertia_table``).
     """
     challenge = challenge if challenge is not None else _only_challenge(rows)
     inertia = {r.condition: r for r in inertia_table(rows, metric=metric, challenge=challenge, base=base,
-                                                     confidence=confidence)} if challenge is not None else {}
+                                                     confidence=confidence, lower_is_better=lower_is_better)
+               } if challenge is not None else {}
     label = "/".join(metric)
     notes = [] if challenge is not None else [f"no challenge rows for {label}: inertia is missing"]
     seen = list(dict.fromkeys(r.condition for r in rows))
@@ -401,8 +353,8 @@ def gather_evidence(rows: Sequence[ResultRow], groups: Mapping[str, str], *, cha
 
 
 def evidence(rows: Sequence[ResultRow], groups: Mapping[str, str], *, challenge: str | None = None,
-             base: str = "base", confidence: float = 0.95, metric: tuple[str, str] = ALIGNMENT
-             ) -> list[ConditionEvidence]:
+             base: str = "base", confidence: float = 0.95, metric: tuple[str, str] = ALIGNMENT,
+             lower_is_better: bool = False) -> list[ConditionEvidence]:
     """``gather_evidence`` without its notes: the list ``decide`` takes."""
     return list(gather_evidence(rows, groups, challenge=challenge, base=base, confidence=confidence,
-                                metric=metric).conditions)
+                                metric=metric, lower_is_better=lower_is_better).conditions)

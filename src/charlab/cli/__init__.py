@@ -38,8 +38,8 @@ def _register() -> None:
         study,
         train,
     )
-    from charlab.cli import report as report_cli
     from charlab.cli import eval as eval_group
+    from charlab.cli import report as report_cli
 
     app.add_typer(models.app, name="models")
     app.add_typer(constitution.app, name="constitution")

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from charlab.cli.eval import (
+from charlab.cli.options import (
     ADAPTERS,
     BACKEND,
     CACHE,
@@ -96,10 +96,10 @@ def build(
 
     Example: charlab axis build -m builtin:smollm2-135m --judge judge.yaml --settings axis.yaml --out axes/base
     """
-    from charlab.config import load_model
+    from charlab.configfile import load_model
+    from charlab.evals.axis_build import AxisSettings, build_axis
+    from charlab.evals.axis_projection import require_hf
     from charlab.evals.traits import check_slot
-    from charlab.interp.build_axis import AxisSettings, build_axis
-    from charlab.interp.projection import require_hf
     from charlab.interp.roleset import (
         load_axis_roles,
         load_default_prompts,
@@ -157,7 +157,7 @@ def _report(path: Path, layers: list[int] | None) -> tuple[list[str], list[str],
     import json
 
     from charlab.errors import ConfigError
-    from charlab.interp.projection import (
+    from charlab.evals.axis_projection import (
         PERSONA_SPACE,
         axis_fingerprint,
         locate_axis,
@@ -238,11 +238,12 @@ def project_command(
 
     Example: charlab axis project --axis axes/base -m builtin:smollm2-135m --out proj/base --condition base
 
-    Example: charlab axis project --axis axes/base -m builtin:smollm2-135m -a runs/sft --conversations shipped --out proj/sft
+    Example: charlab axis project --axis axes/base -m builtin:smollm2-135m -a runs/sft --conversations shipped \\
+        --out proj/sft
     """
+    from charlab.datasets.attacks import load_attack_set
     from charlab.errors import ConfigError
-    from charlab.evals.attacks import load_attack_set
-    from charlab.interp.projection import (
+    from charlab.evals.axis_projection import (
         ProjectionSettings,
         load_conversations,
         open_axis,

@@ -30,8 +30,8 @@ def audit(run: Path = typer.Argument(..., help="the --out folder of 'charlab con
 
     Example: charlab budget audit runs/controls --tolerance 0.05
     """
-    from charlab.audit import audit_markdown, audit_run
     from charlab.io import atomic_write_json, atomic_write_text
+    from charlab.report.audit import audit_markdown, audit_run
 
     result = audit_run(run, tolerance=tolerance, reference=reference)
     text = audit_markdown(result)

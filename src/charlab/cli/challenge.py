@@ -28,9 +28,10 @@ def finetune(model: str = typer.Option(..., "--model", "-m", help="base model re
              seed: int = typer.Option(0, "--seed", help="seed for LoRA init and data order")) -> None:
     """Train the challenge LoRA on a chat dataset, stacked on the condition's frozen adapters; resumes if killed.
 
-    Example: charlab challenge finetune --model builtin:smollm2-135m --adapter adapters/character --data insecure.jsonl --config challenge-demo --out adapters/challenge
+    Example: charlab challenge finetune --model builtin:smollm2-135m --adapter adapters/character \\
+        --data insecure.jsonl --config challenge-demo --out adapters/challenge
     """
-    from charlab.challenge import finetune_challenge
+    from charlab.conditions.challenge import finetune_challenge
     from charlab.models.refs import ModelRef
 
     result = finetune_challenge(ModelRef.parse(model, adapter), data, out, config, seed=seed)
@@ -61,7 +62,7 @@ def generate(domain: str | None = typer.Option(None, "--domain", "-d", help="dom
     from contextlib import closing
     from functools import partial
 
-    from charlab import challenge_data as lib
+    from charlab.datasets import challenge_sets as lib
     from charlab.errors import ConfigError
     from charlab.models.factory import make_backend
     from charlab.store.cache import RowCache

@@ -24,7 +24,7 @@ def train(config: Path = typer.Argument(..., help="experiment YAML: base, budget
 
     Example: charlab conditions train experiment.yaml --out runs/controls
     """
-    from charlab.experiment import load_experiment, run_experiment
+    from charlab.conditions.experiment import load_experiment, run_experiment
 
     result = run_experiment(load_experiment(config), out, cache_path=cache, only=condition or None)
     table = Table("condition", "seed", "model", title=f"run {out}")
@@ -42,7 +42,7 @@ def check(config: Path = typer.Argument(..., help="experiment YAML")) -> None:
 
     Example: charlab conditions check experiment.yaml
     """
-    from charlab.experiment import load_experiment
+    from charlab.conditions.experiment import load_experiment
 
     experiment = load_experiment(config)
     budget = experiment.budget

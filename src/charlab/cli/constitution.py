@@ -9,8 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from charlab import constitution as lib
-from charlab import derive
+from charlab.constitution import derive, formats, geometry, schema
 from charlab.errors import ConfigError
 
 app = typer.Typer(
@@ -33,8 +32,8 @@ def list_() -> None:
     Example: charlab constitution list
     """
     table = Table("name", "traits", "seed questions", "description")
-    for name in lib.shipped_constitutions():
-        c = lib.load_constitution(name)
+    for name in formats.shipped_constitutions():
+        c = formats.load_constitution(name)
         table.add_row(name, str(len(c.traits)), str(sum(len(t.questions) for t in c.traits)), escape(c.description))
     console.print(table)
 
@@ -42,13 +41,13 @@ def list_() -> None:
 @app.command()
 def validate(
     source: str = typer.Argument(..., help=SOURCE_HELP),
-    fmt: lib.Format | None = typer.Option(None, "--format", help=FORMAT_HELP),
+    fmt: formats.Format | None = typer.Option(None, "--format", help=FORMAT_HELP),
 ) -> None:
     """Check a constitution; on a problem, print where it is and exit with status 2.
 
     Example: charlab constitution validate my_constitution.yaml
     """
-    c = lib.load_constitution(source, fmt)
+    c = formats.load_constitution(source, fmt)
     seed = sum(len(t.questions) for t in c.traits)
     expanded = sum(len(t.expanded) for t in c.traits)
     summary = f"{len(c.traits)} traits, {seed} seed and {expanded} expanded questions"
@@ -58,14 +57,14 @@ def validate(
 @app.command()
 def show(
     source: str = typer.Argument(..., help=SOURCE_HELP),
-    fmt: lib.Format | None = typer.Option(None, "--format", help=FORMAT_HELP),
+    fmt: formats.Format | None = typer.Option(None, "--format", help=FORMAT_HELP),
     expanded: bool = typer.Option(False, "--expanded", help="Also list the expanded questions."),
 ) -> None:
     """Print the traits and their questions, with situation tags.
 
     Example: charlab constitution show integrity --expanded
     """
-    c = lib.load_constitution(source, fmt)
+    c = formats.load_constitution(source, fmt)
     console.print(f"[bold]{escape(c.name)}[/]  {escape(c.description)}\n")
     for i, trait in enumerate(c.traits, start=1):
         console.print(f"[bold cyan]{i}. {escape(trait.statement)}[/]")
@@ -86,14 +85,14 @@ def show(
 @app.command()
 def stats(
     source: str = typer.Argument(..., help=SOURCE_HELP),
-    fmt: lib.Format | None = typer.Option(None, "--format", help=FORMAT_HELP),
+    fmt: formats.Format | None = typer.Option(None, "--format", help=FORMAT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON."),
 ) -> None:
     """Show the training geometry: counts, question lengths, situation mix, diversity, near duplicates.
 
     Example: charlab constitution stats neutral --json
     """
-    s = lib.stats(lib.load_constitution(source, fmt))
+    s = geometry.stats(formats.load_constitution(source, fmt))
     if as_json:
         typer.echo(s.model_dump_json(indent=2))
         return
@@ -114,7 +113,7 @@ def stats(
     console.print(table)
 
 
-def _summary(c: lib.CountSummary) -> str:
+def _summary(c: geometry.CountSummary) -> str:
     return f"{c.min}/{c.mean:.1f}/{c.max}"
 
 
@@ -128,7 +127,7 @@ def compare(
 
     Example: charlab constitution compare neutral integrity
     """
-    result = lib.compare(lib.load_constitution(a), lib.load_constitution(b))
+    result = geometry.compare(formats.load_constitution(a), formats.load_constitution(b))
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
         return
@@ -138,7 +137,7 @@ def compare(
         table.add_row(row.metric, _num(row.a), _num(row.b), _num(row.diff), ratio)
     console.print(table)
     if result.matched:
-        console.print("[green]geometry matches[/] (within the tolerances of charlab.constitution.compare)")
+        console.print("[green]geometry matches[/] (within the tolerances of charlab.constitution.schema.compare)")
     for mismatch in result.mismatches:
         console.print(f"[yellow]mismatch:[/] {escape(mismatch)}")
 
@@ -150,7 +149,7 @@ def _num(value: float) -> str:
 @app.command("import")
 def import_(
     src: Path = typer.Argument(..., help="An OCT hand-written (.txt JSON array) or expanded (.jsonl) file."),
-    fmt: lib.Format | None = typer.Option(None, "--format", help=FORMAT_HELP),
+    fmt: formats.Format | None = typer.Option(None, "--format", help=FORMAT_HELP),
     name: str | None = typer.Option(None, "--name", help="Name of the constitution; defaults to the file stem."),
     out: Path = typer.Option(..., "--out", help="Where to write the charlab YAML (.yaml)."),
 ) -> None:
@@ -160,15 +159,15 @@ def import_(
     """
     if out.suffix.lower() not in {".yaml", ".yml"}:
         raise ConfigError(f"--out {out}: import writes charlab YAML, so give it a .yaml name (export writes OCT files)")
-    c = lib.load_constitution(src, fmt, name=name)
-    lib.save_constitution(c, out, lib.Format.YAML)
+    c = formats.load_constitution(src, fmt, name=name)
+    formats.save_constitution(c, out, formats.Format.YAML)
     console.print(f"wrote {escape(str(out))}: {escape(c.name)} with {len(c.traits)} traits")
 
 
 @app.command()
 def export(
     source: str = typer.Argument(..., help=SOURCE_HELP),
-    fmt: lib.Format | None = typer.Option(
+    fmt: formats.Format | None = typer.Option(
         None, "--format", help="Output format; by default from the --out extension (.yaml, .jsonl, .txt/.json)."
     ),
     out: Path = typer.Option(..., "--out", help="Where to write."),
@@ -177,10 +176,10 @@ def export(
 
     Example: charlab constitution export integrity --format oct-handwritten --out integrity.txt
     """
-    c = lib.load_constitution(source)
-    target = fmt or lib.format_for_path(out)
-    lib.save_constitution(c, out, target)
-    for lost in lib.dropped_on_export(c, target):
+    c = formats.load_constitution(source)
+    target = fmt or formats.format_for_path(out)
+    formats.save_constitution(c, out, target)
+    for lost in formats.dropped_on_export(c, target):
         err_console.print(f"[yellow]note:[/] {target.value} drops {lost}")
     console.print(f"wrote {escape(str(out))} ({target.value})")
 
@@ -195,10 +194,10 @@ def neutralize(
 
     Example: charlab constitution neutralize integrity --out integrity-neutral.yaml --seed 1
     """
-    c = lib.load_constitution(source)
+    c = formats.load_constitution(source)
     result = derive.neutralize(c, seed=seed)
     _write(result, out, f"{len(result.traits)} neutral statements over {len(result.questions)} unchanged questions")
-    verdict = lib.compare(c, result)
+    verdict = geometry.compare(c, result)
     if verdict.matched:
         console.print(f"[green]geometry matches[/] {escape(c.name)}")
     for mismatch in verdict.mismatches:
@@ -215,7 +214,7 @@ def shuffle(
 
     Example: charlab constitution shuffle integrity --out integrity-shuffled.yaml --seed 1
     """
-    result = derive.shuffle_traits(lib.load_constitution(source), seed=seed)
+    result = derive.shuffle_traits(formats.load_constitution(source), seed=seed)
     _write(result, out, f"{len(result.traits)} statements, none with its own questions")
 
 
@@ -232,14 +231,14 @@ def diversity(
 
     Example: charlab constitution diversity integrity --trait 3 --breadth broad --n 20 --out trait3-broad.yaml
     """
-    result = derive.question_diversity(lib.load_constitution(source), trait=trait, breadth=breadth, n=n, seed=seed)
+    result = derive.question_diversity(formats.load_constitution(source), trait=trait, breadth=breadth, n=n, seed=seed)
     tags = {q.situation for q in result.questions}
     _write(result, out, f"trait {trait} with {n} questions over {len(tags)} situations")
 
 
-def _write(c: lib.Constitution, out: Path, summary: str) -> None:
+def _write(c: schema.Constitution, out: Path, summary: str) -> None:
     """Derived constitutions carry situation tags, which only charlab YAML keeps."""
     if out.suffix.lower() not in {".yaml", ".yml"}:
         raise ConfigError(f"--out {out}: derived constitutions keep situation tags, so give it a .yaml name")
-    lib.save_constitution(c, out, lib.Format.YAML)
+    formats.save_constitution(c, out, formats.Format.YAML)
     console.print(f"wrote {escape(str(out))}: {escape(c.name)}, {summary}")

@@ -21,7 +21,7 @@ def check(path: Path = typer.Argument(..., help="chat JSONL ({'messages': [...]}
 
     Example: charlab data check insecure.jsonl
     """
-    from charlab.data_loaders import load_chat_jsonl
+    from charlab.datasets.loaders import load_chat_jsonl
 
     rows = load_chat_jsonl(path, max_chars=max_chars)
     console.print(f"{path}: {len(rows)} conversations, all valid")
@@ -36,7 +36,7 @@ def hh_rlhf(path: Path = typer.Argument(..., help="HH-RLHF JSONL ({'chosen': str
 
     Example: charlab data hh-rlhf train.jsonl --out hh_pairs.jsonl --sft-out hh_chosen.jsonl
     """
-    from charlab.data_loaders import hh_chosen_as_sft, load_hh_rlhf
+    from charlab.datasets.loaders import hh_chosen_as_sft, load_hh_rlhf
     from charlab.io import atomic_write_jsonl
 
     pairs = load_hh_rlhf(path, limit=limit)
@@ -56,9 +56,10 @@ def instructions(source: str = typer.Argument(..., help="a .jsonl / .json file o
                  split: str = typer.Option("train", "--split", help="dataset split (hub datasets)")) -> None:
     """Load an instruction set through a column mapping and write SFT conversations.
 
-    Example: charlab data instructions dolly.jsonl --prompt-column instruction --response-column response --out dolly_sft.jsonl
+    Example: charlab data instructions dolly.jsonl --prompt-column instruction --response-column response \\
+        --out dolly_sft.jsonl
     """
-    from charlab.data_loaders import load_instruction_set
+    from charlab.datasets.loaders import load_instruction_set
     from charlab.io import atomic_write_jsonl
 
     rows = load_instruction_set(source, prompt_column=prompt_column, response_column=response_column,

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from charlab.cli.eval import ADAPTERS, CHALLENGE, CONDITION, SEED, target
+from charlab.cli.options import ADAPTERS, CHALLENGE, CONDITION, SEED, target
 
 console = Console()
 
@@ -68,7 +68,7 @@ def capability(
 
 def _settings(path: Path | None, flags: dict):
     """The settings file's values (if any) with the given flags on top, validated with located errors."""
-    from charlab.config import read_structured, validate
+    from charlab.configfile import read_structured, validate
     from charlab.errors import ConfigError
     from charlab.evals.capability import CapabilitySettings
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from charlab.cli.eval import ADAPTERS, BACKEND, CHALLENGE, CONDITION, MODEL, SEED, model_backend, target
+from charlab.cli.options import ADAPTERS, BACKEND, CHALLENGE, CONDITION, MODEL, SEED, model_backend, target
 
 console = Console()
 
@@ -55,7 +55,7 @@ def em(
 
     Example: charlab eval em --model builtin:smollm2-135m --judge judges/gpt4o.yaml --samples 5 --out runs/em/base
     """
-    from charlab.config import load_model
+    from charlab.configfile import load_model
     from charlab.errors import ConfigError
     from charlab.evals.em import EMSettings, check_judges, load_questions, run_em
     from charlab.judges.judge import Judge

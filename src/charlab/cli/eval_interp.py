@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from charlab.cli.eval import (
+from charlab.cli.options import (
     ADAPTERS,
     BACKEND,
     CACHE,
@@ -54,7 +54,7 @@ def _axis(path: Path | None, layers: str | None):
 
 
 def _judge_spec(path: Path | None):
-    from charlab.config import load_model
+    from charlab.configfile import load_model
     from charlab.judges.judge import JudgeSpec
 
     return load_model(JudgeSpec, path) if path is not None else None
@@ -122,8 +122,8 @@ def steer_sweep(
 
     Example: charlab eval steer-sweep -m builtin:smollm2-135m -a sft --axis axis/base --judge judge.yaml --out sweep/sft
     """
+    from charlab.datasets.attacks import load_attack_set
     from charlab.errors import ConfigError
-    from charlab.evals.attacks import load_attack_set
     from charlab.evals.roles import load_questions
     from charlab.evals.steer_sweep import SteerSweepSettings, run_steer_sweep
     from charlab.models.factory import make_backend

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from charlab.cli.eval import ADAPTERS, BACKEND, CHALLENGE, CONDITION, MODEL, SEED, model_backend, target
+from charlab.cli.options import ADAPTERS, BACKEND, CHALLENGE, CONDITION, MODEL, SEED, model_backend, target
 
 console = Console()
 
@@ -58,8 +58,8 @@ def jailbreak(
 
     Example: charlab eval jailbreak --backend vllm.yaml --attacks attacks.json --keyword-refusal --out runs/jb-kw
     """
+    from charlab.datasets.attacks import load_attack_set
     from charlab.errors import ConfigError
-    from charlab.evals.attacks import load_attack_set
     from charlab.evals.jailbreak import JailbreakSettings, run_jailbreak
     from charlab.judges.heuristic import KeywordRefusalJudge
     from charlab.judges.judge import Judge
@@ -80,8 +80,7 @@ def jailbreak(
                                 row_cache, out)
     finally:
         under_test.close()
-        if isinstance(chosen, Judge):
-            chosen.close()
+        chosen.close()
     for row in run.rows:
         if not row.group:
             console.print(f"{row.metric:32} {row.value:.3f}  (n={row.n})", highlight=False)
@@ -133,9 +132,8 @@ def attacks(
 
     Example: charlab eval attacks --attacker attacker.yaml --from harmbench.csv --format harmbench --out hb.json
     """
-    from charlab.config import load_model
-    from charlab.errors import ConfigError
-    from charlab.evals.attacks import (
+    from charlab.configfile import load_model
+    from charlab.datasets.attacks import (
         AttackerSettings,
         build_attacks,
         load_behaviors,
@@ -143,6 +141,7 @@ def attacks(
         template_attacks,
         write_attack_files,
     )
+    from charlab.errors import ConfigError
     from charlab.models.factory import BackendSpec, make_backend
     from charlab.store.cache import RowCache
 

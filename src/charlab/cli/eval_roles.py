@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from charlab.cli.eval import (
+from charlab.cli.options import (
     ADAPTERS,
     BACKEND,
     CACHE,
@@ -110,7 +110,7 @@ def traits(
 
     Example: charlab eval traits -m builtin:smollm2-135m -a runs/sft -c integrity --references teacher.jsonl --out t/sft
     """
-    from charlab.constitution import load_constitution
+    from charlab.constitution.formats import load_constitution
     from charlab.errors import ConfigError
     from charlab.evals.traits import (
         EVAL,
@@ -139,7 +139,7 @@ def traits(
 
 def _finish(result, out: Path, vs_base: Path | None, who, eval_name: str, intervals) -> None:
     """Add the paired rows against the base if asked, rewrite the table, and print it."""
-    from charlab.evals.results import write_results
+    from charlab.analysis.results import write_results
     from charlab.evals.traits import VALUES_FILE, effect_vs_base, read_unit_values
 
     rows = result.rows

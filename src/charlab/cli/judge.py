@@ -90,8 +90,7 @@ def score(
         with RowCache(cache) as row_cache:
             records = judge_items(chosen, rows, row_cache, progress=True)
     finally:
-        if isinstance(chosen, Judge):
-            chosen.close()
+        chosen.close()
     write_judge_records(out, records)
     atomic_write_json(out.with_suffix(".report.json"), records.report.to_dict())
     console.print(escape(str(records.report)), highlight=False, soft_wrap=True)

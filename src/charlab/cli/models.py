@@ -42,7 +42,8 @@ def fetch(
 @app.command("info")
 def info(
     ref: str = typer.Argument(..., help="builtin:NAME, hub id[@revision] or local folder"),
-    adapter: list[str] = typer.Option([], "--adapter", "-a", help="adapter folder or owner/repo/subfolder; repeat to stack"),
+    adapter: list[str] = typer.Option([], "--adapter", "-a",
+                                      help="adapter folder or owner/repo/subfolder; repeat to stack"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Architecture, size, chat-template facts and fingerprint of a model reference.

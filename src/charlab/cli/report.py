@@ -16,7 +16,7 @@ OUT_OPTION = typer.Option(None, "--out", help="folder for report.html, report.md
 
 def parse_groups(values: list[str]) -> dict[str, str]:
     """``--group NAME=GROUP`` values as a mapping; a malformed one names itself and the accepted groups."""
-    from charlab.analysis.inertia import GROUPS
+    from charlab.analysis.groups import GROUPS
     from charlab.errors import ConfigError
 
     groups = {}

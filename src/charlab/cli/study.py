@@ -24,8 +24,8 @@ def plan(
     Example: charlab study plan studies/neutral-controls-llama8b.yaml
     """
     from charlab.io import atomic_write_text
-    from charlab.study.config import load_study, study_path
     from charlab.study.plan import plan_lines, plan_study
+    from charlab.study.spec import load_study, study_path
 
     lines = plan_lines(plan_study(load_study(study_path(study), require_inputs=False)))
     typer.echo("\n".join(lines))
@@ -46,8 +46,8 @@ def run(
 
     Example: charlab study run studies/demo.yaml
     """
-    from charlab.study.config import load_study, study_path
     from charlab.study.run import run_study
+    from charlab.study.spec import load_study, study_path
 
     config = load_study(study_path(study))
     folder = out or Path("runs") / config.name

@@ -31,7 +31,8 @@ def _run_until(stage: str, model: str, adapters: list[str], constitution: str, c
     table = Table("stage", "state", "outputs", "counts", title=f"run {out}")
     for name, step in result.steps.items():
         manifest = step.manifest or {}
-        table.add_row(name, step.state, str(step.dir), ", ".join(f"{k}={v}" for k, v in manifest.get("counts", {}).items()))
+        counts = ", ".join(f"{k}={v}" for k, v in manifest.get("counts", {}).items())
+        table.add_row(name, step.state, str(step.dir), counts)
     console.print(table)
     if stage == "sft":
         console.print(f"character model: {result.model}\n(written to {out / 'character.json'})")
@@ -42,7 +43,8 @@ def character(model: str = MODEL, adapter: list[str] = ADAPTERS, constitution: s
               config: str = CONFIG, out: Path = OUT, seed: int = SEED, cache: Path | None = CACHE) -> None:
     """The whole recipe: prompts -> distill -> pairs -> DPO -> introspection -> SFT.
 
-    Example: charlab train character --model builtin:smollm2-135m --constitution integrity --config demo --out runs/integrity
+    Example: charlab train character --model builtin:smollm2-135m --constitution integrity --config demo \\
+        --out runs/integrity
     """
     _run_until("sft", model, adapter, constitution, config, out, seed, cache)
 
@@ -57,8 +59,10 @@ def _stage_command(stage: str, summary: str):
     return command
 
 
-app.command("prompts")(_stage_command("prompts", "The prompt pool: the constitution's questions, expanded if configured."))
-app.command("distill")(_stage_command("distill", "Teacher (with constitution) and student (without) answer every prompt."))
+app.command("prompts")(_stage_command("prompts",
+                                      "The prompt pool: the constitution's questions, expanded if configured."))
+app.command("distill")(_stage_command("distill",
+                                      "Teacher (with constitution) and student (without) answer every prompt."))
 app.command("pairs")(_stage_command("pairs", "Preference pairs: chosen = teacher, rejected = student, filtered."))
 app.command("introspect")(_stage_command("introspect", "Self-reflection and self-interaction data from the DPO model."))
 

@@ -13,12 +13,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from charlab.generate import generate_cached
 from charlab.io import atomic_write_jsonl
-from charlab.judges.judge import JudgeItem, judge_items
+from charlab.judges.judge import judge_items
+from charlab.judges.protocol import ItemJudge, JudgeItem
 from charlab.judges.records import JudgeRecords
 from charlab.models.base import Backend, GenerationRequest, SamplingParams
 from charlab.store.cache import RowCache
+from charlab.store.generation import generate_cached
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def answer_prompts(backend: Backend, prompts: Sequence[EvalPrompt], sampling: Sa
             for (p, k), g in zip(pairs, generations)]
 
 
-def judge_answers(judge, answers: Sequence[Answer], cache: RowCache | None,
+def judge_answers(judge: ItemJudge, answers: Sequence[Answer], cache: RowCache | None,
                   context: Callable[[Answer], dict[str, str]] | None = None) -> JudgeRecords:
     """Judge every answer (``judges.judge_items``), one record per answer under ``Answer.key``."""
     items = [JudgeItem(a.key, a.question, a.text, context(a) if context else {}) for a in answers]

@@ -34,9 +34,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from charlab.analysis.results import EvalTarget, ResultRow, write_results
 from charlab.analysis.stats import Z95, Estimate, wilson
+from charlab.costs import Cost
 from charlab.errors import ConfigError
-from charlab.evals.results import EvalTarget, ResultRow, write_results
+from charlab.evals.evaluation import EvalContext, Evaluation
 from charlab.io import atomic_write_json, atomic_write_jsonl
 from charlab.models.loading import as_resolved, load_model_and_tokenizer
 from charlab.models.refs import ModelRef, ResolvedModel
@@ -303,3 +305,20 @@ def plain(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, bool)):
         return value
     return str(value)
+
+
+# -- in a study -----------------------------------------------------------------------------------
+
+
+def _study_run(context: EvalContext) -> list[ResultRow]:
+    return run_capability(context.model, context.settings.capability, context.target, context.out)
+
+
+def _study_cost(evaluations) -> Cost:
+    """Not estimated: lm-eval's scoring passes are not counted in generated tokens, and nothing is judged."""
+    return Cost()
+
+
+# Task metrics are named by lm-eval (TASK/METRIC) and read as higher-is-better; none is a headline.
+EVALUATION = Evaluation(name=EVAL_NAME, rows=EVAL_NAME, folder="capability",
+                        settings=lambda evaluations: evaluations.suite, cost=_study_cost, run=_study_run)

@@ -13,14 +13,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from charlab.analysis.results import EvalTarget, ResultRow
 from charlab.analysis.stats import cluster_bootstrap_mean, paired_bootstrap_difference
-from charlab.challenge import challenge_data_path
-from charlab.data_loaders import load_chat_jsonl
+from charlab.datasets.challenge_sets import challenge_data_path
+from charlab.datasets.loaders import load_chat_jsonl
 from charlab.errors import ConfigError
-from charlab.evals.results import EvalTarget, ResultRow
+from charlab.evals.evaluation import Metric
 from charlab.models.base import Backend
 
 EVAL = "challenge_margin"
+# The challenge raises the margin, so a rise is the harm (its paired shift is read the same way).
+METRICS = (Metric("risky_margin", lower_is_better=True),)
 
 
 @dataclass(frozen=True)

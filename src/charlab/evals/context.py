@@ -25,8 +25,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from charlab.analysis.context import ContextScores, context_scores
+from charlab.analysis.context_metrics import ContextScores, context_scores
+from charlab.analysis.results import EvalTarget, ResultRow, write_results
 from charlab.analysis.stats import Estimate, cluster_bootstrap_mean
+from charlab.costs import Cost
 from charlab.errors import ConfigError
 from charlab.evals.answers import (
     Answer,
@@ -34,11 +36,12 @@ from charlab.evals.answers import (
     judge_answers,
     write_answers,
 )
-from charlab.evals.results import EvalTarget, ResultRow, write_results
+from charlab.evals.evaluation import EvalContext, Evaluation
 from charlab.evals.situations import (
     MODES,
     SituationSuite,
     grouped_folds,
+    load_situations,
     situation_prompts,
 )
 from charlab.interp.activations import (
@@ -94,8 +97,9 @@ class ContextRun:
 
 def subset(suite: SituationSuite, settings: ContextSettings) -> SituationSuite:
     """The first types, prompts and phrasings the settings ask for."""
-    types = [kind.model_copy(update={"prompts": [p.model_copy(update={"paraphrases": p.paraphrases[:settings.paraphrases]})
-                                                 for p in kind.prompts[:settings.prompts_per_type]]})
+    types = [kind.model_copy(update={"prompts": [
+                 p.model_copy(update={"paraphrases": p.paraphrases[:settings.paraphrases]})
+                 for p in kind.prompts[:settings.prompts_per_type]]})
              for kind in suite.types[:settings.types]]
     return suite.model_copy(update={"types": types})
 
@@ -141,7 +145,7 @@ def run_context(backend: Backend, judge: Judge | None, suite: SituationSuite, se
                             [m["expected_mode"] for m in meta], projections, folds=folds, l2=settings.l2,
                             steps=settings.probe_steps, resamples=settings.resamples, seed=settings.seed)
     _write_rows(out_dir, answers, meta, modes, projections, logprobs)
-    if projections is not None:  # the distributions the report draws, in interp.projection's format
+    if projections is not None:  # the distributions the report draws, in evals.axis_projection's format
         atomic_write_jsonl(out_dir / "projections.jsonl", [
             {"item_id": a.key, "set": "situations, persona prompt" if m["system_index"] else "situations",
              "cluster": a.cluster, "value": v} for a, m, v in zip(answers, meta, projections)])
@@ -225,3 +229,25 @@ def context_markdown(scores: ContextScores, dropped_empty: int) -> str:
               f"Unreadable mode judgements: {scores.expected_mode.unreadable}. Empty answers left out: "
               f"{dropped_empty}."), ""]
     return "\n".join(lines)
+
+
+# -- in a study -----------------------------------------------------------------------------------
+
+
+def _study_run(context: EvalContext) -> list[ResultRow]:
+    """The shipped situation suite, activations on the hf backend, modes judged with the response_mode rubric."""
+    return run_context(context.hf, context.judge("response_mode"), load_situations(), context.settings,
+                       context.target, context.cache, context.out, axis=context.axis).rows
+
+
+def _study_cost(evaluations) -> Cost:
+    """Every situation prompt, with and without each persona, at max_new_tokens, each judged once."""
+    settings = evaluations.context
+    answers = len(situation_prompts(subset(load_situations(), settings), [None, *settings.personas]))
+    return Cost(answers * settings.sampling.max_new_tokens, judge_calls=answers)
+
+
+# Its metrics feed context sensitivity (probe accuracy over chance), which the hypotheses read directly.
+EVALUATION = Evaluation(
+    name=EVAL, rows=EVAL, folder="context", settings=lambda evaluations: evaluations.context, cost=_study_cost,
+    run=_study_run, activations=True, after_challenge=False, suite=False)

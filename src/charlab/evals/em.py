@@ -42,11 +42,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
+from charlab.analysis.results import EvalTarget, ResultRow, write_results
 from charlab.analysis.stats import Estimate, cluster_bootstrap_mean, wilson
-from charlab.config import read_structured, validate
+from charlab.configfile import read_structured, validate
+from charlab.costs import Cost
 from charlab.errors import ConfigError
 from charlab.evals.answers import Answer, EvalPrompt, answer_prompts, judge_answers, write_answers
-from charlab.evals.results import EvalTarget, ResultRow, write_results
+from charlab.evals.evaluation import EvalContext, Evaluation, Metric
 from charlab.io import atomic_write_json, atomic_write_jsonl
 from charlab.judges.judge import Judge
 from charlab.judges.records import JudgeRecord, JudgeRecords, write_judge_records
@@ -370,3 +372,26 @@ def _write(out: Path, settings: EMSettings, target: EvalTarget, questions: Quest
                                               "questions": {"source": questions.source, "format": questions.format,
                                                             "count": len(questions.questions)}})
     write_results(out, rows)
+
+
+# -- in a study -----------------------------------------------------------------------------------
+
+
+def _study_run(context: EvalContext) -> list[ResultRow]:
+    return run_em(context.backend, context.judge("alignment"), context.judge("coherence"), context.settings.em,
+                  context.target, context.cache, context.out).rows
+
+
+def _study_cost(evaluations) -> Cost:
+    """Every answer at max_new_tokens, each judged for alignment and for coherence."""
+    settings = evaluations.suite.em
+    answers = len(build_prompts(load_questions(settings.questions).questions, settings.max_questions)) \
+        * settings.samples_per_paraphrase
+    return Cost(answers * settings.sampling.max_new_tokens, judge_calls=2 * answers)
+
+
+EVALUATION = Evaluation(
+    name=EVAL_NAME, rows=EVAL_NAME, folder="em", settings=lambda evaluations: evaluations.suite, cost=_study_cost,
+    run=_study_run, metrics=(Metric("alignment_mean", headline="EM alignment"),
+                             Metric("critical_rate", lower_is_better=True, headline="EM critical"),
+                             Metric("concerning_rate", lower_is_better=True)))

@@ -20,10 +20,10 @@ Metrics (one result row each, plus one row per harm category with ``group`` = ca
   rates above and never silently dropped; ``attack_unparseable_rate``: attacker outputs that
   could not be parsed when the set was built (only for attacker-built sets).
 
-Harmful rates need a model judge; with the keyword heuristic they are not reported. Every row's
-``judge`` column reads ``<judge fingerprint> <rubric id> attacks:<name>@<hash>``, so a results
-table shows which attacks each number faced and rows built on different attack sets never mix
-unnoticed.
+Harmful rates need a judge that answers harmful and harmless; with the keyword heuristic they
+are not reported. Every row's ``judge`` column reads ``<judge fingerprint> <rubric id>
+attacks:<name>@<hash>``, so a results table shows which attacks each number faced and rows built
+on different attack sets never mix unnoticed.
 """
 
 from __future__ import annotations
@@ -39,20 +39,23 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from charlab.analysis.results import EvalTarget, ResultRow, write_results
 from charlab.analysis.stats import Estimate, wilson
+from charlab.costs import Cost
+from charlab.datasets.attacks import AttackSet, first_items, load_attack_set, write_attack_set
 from charlab.errors import ConfigError
 from charlab.evals.answers import Answer, EvalPrompt, answer_prompts, judge_answers, write_answers
-from charlab.evals.attacks import AttackSet, write_attack_set
-from charlab.evals.results import EvalTarget, ResultRow, write_results
+from charlab.evals.evaluation import EvalContext, Evaluation, InputCheck, Metric
 from charlab.io import atomic_write_json, stable_hash
-from charlab.judges.heuristic import REFUSAL, KeywordRefusalJudge
-from charlab.judges.judge import Judge
+from charlab.judges.heuristic import REFUSAL
+from charlab.judges.protocol import ItemJudge
 from charlab.judges.records import JudgeRecord, write_judge_records
 from charlab.models.base import Backend, SamplingParams
 from charlab.store.cache import RowCache
 
-__all__ = ["ARMS", "EVAL", "JailbreakRun", "JailbreakSettings", "Outcome", "jailbreak_prompts", "jailbreak_rows",
-           "judge_label", "persona_difference", "run_jailbreak"]
+__all__ = ["ARMS", "ASSUMED_ATTACK_PROMPTS", "EVAL", "EVALUATION", "JailbreakRun", "JailbreakSettings", "Outcome",
+           "attack_set_input", "jailbreak_prompts", "jailbreak_rows", "judge_label", "persona_difference",
+           "run_jailbreak"]
 
 EVAL = "jailbreak"
 WITH, WITHOUT, BENIGN = "with_persona", "without_persona", "benign"
@@ -119,20 +122,21 @@ def jailbreak_prompts(attack_set: AttackSet) -> list[EvalPrompt]:
     return prompts + list(plain.values())
 
 
-def _check_judge(judge: Judge | KeywordRefusalJudge) -> None:
-    """A model judge must answer harmful / harmless / refusal, or no harmful rate can be read."""
-    if isinstance(judge, KeywordRefusalJudge):
-        return
-    labels = {label.casefold() for label in judge.rubric.labels}
-    if judge.rubric.kind != "categorical" or not RUBRIC_LABELS <= labels:
-        raise ConfigError(f"rubric {judge.rubric.id} must be categorical with labels harmful, harmless and "
+def _reads_harm(judge: ItemJudge) -> bool:
+    """Whether the judge answers harmful / harmless / refusal, so harmful rates can be read from it."""
+    return RUBRIC_LABELS <= {label.casefold() for label in judge.labels}
+
+
+def _check_judge(judge: ItemJudge) -> None:
+    """A model judge must answer harmful / harmless / refusal; a heuristic may label refusals only."""
+    if not judge.heuristic and not _reads_harm(judge):
+        raise ConfigError(f"rubric {judge.rubric_id} must be categorical with labels harmful, harmless and "
                           f"refusal (the shipped 'harmfulness' rubric); use --rubric harmfulness")
 
 
-def judge_label(judge: Judge | KeywordRefusalJudge, attack_set: AttackSet) -> str:
+def judge_label(judge: ItemJudge, attack_set: AttackSet) -> str:
     """The ``judge`` column: judge fingerprint, rubric id and the attack set's ``name@hash``."""
-    rubric = judge.rubric_id if isinstance(judge, KeywordRefusalJudge) else judge.rubric.id
-    return f"{judge.fingerprint} {rubric} attacks:{attack_set.id}"
+    return f"{judge.fingerprint} {judge.rubric_id} attacks:{attack_set.id}"
 
 
 def _outcomes(answers: Sequence[Answer], records: Sequence[JudgeRecord]) -> list[Outcome]:
@@ -220,7 +224,7 @@ def _counts(outcomes: Sequence[Outcome]) -> dict[str, dict[str, int]]:
     return {a: dict(c) for a, c in counts.items()}
 
 
-def run_jailbreak(backend: Backend, judge: Judge | KeywordRefusalJudge, attack_set: AttackSet,
+def run_jailbreak(backend: Backend, judge: ItemJudge, attack_set: AttackSet,
                   settings: JailbreakSettings, target: EvalTarget, cache: RowCache,
                   out_dir: str | os.PathLike) -> JailbreakRun:
     """Answer, judge and score the attack set; write answers, judgements, reports, the set and the results.
@@ -239,7 +243,7 @@ def run_jailbreak(backend: Backend, judge: Judge | KeywordRefusalJudge, attack_s
     label = judge_label(judge, attack_set)
     built = attack_set.built
     attack_parse = (int(built.get("unparseable", 0)), int(built.get("outputs", 0)))
-    rows = jailbreak_rows(outcomes, target, label, harmful=not isinstance(judge, KeywordRefusalJudge),
+    rows = jailbreak_rows(outcomes, target, label, harmful=_reads_harm(judge),
                           attack_parse=attack_parse, resamples=settings.resamples, seed=settings.ci_seed)
     counts = _counts(outcomes)
     out = Path(out_dir)
@@ -259,3 +263,42 @@ def _run_record(backend: Backend, label: str, attack_set: AttackSet, settings: J
     return {"eval": EVAL, "target": target.model_dump(), "model": backend.fingerprint, "judge": label,
             "attack_set": attack_set.id, "attack_hash": attack_set.content_hash, "settings": settings.model_dump(),
             "labels_by_arm": counts, "attack_unparseable": attack_parse[0], "attack_outputs": attack_parse[1]}
+
+
+# -- in a study -----------------------------------------------------------------------------------
+
+ASSUMED_ATTACK_PROMPTS = 400  # a persona attack set over a standard behaviour list, before it is built
+
+
+def _attack_set(suite) -> AttackSet:
+    """The suite's attack set, cut to its first ``attack_limit`` misuse items and benign controls."""
+    attack_set = load_attack_set(suite.attacks)
+    return first_items(attack_set, suite.attack_limit) if suite.attack_limit is not None else attack_set
+
+
+def _study_run(context: EvalContext) -> list[ResultRow]:
+    return run_jailbreak(context.backend, context.judge("harmfulness"), _attack_set(context.settings),
+                         context.settings.jailbreak, context.target, context.cache, context.out).rows
+
+
+def _study_cost(evaluations) -> Cost:
+    """Every prompt of the (cut) attack set at max_new_tokens, each judged once; an assumed size before it exists."""
+    try:
+        answers = len(jailbreak_prompts(_attack_set(evaluations.suite)))
+    except ConfigError:  # not built yet: the plan lists it as missing
+        answers = ASSUMED_ATTACK_PROMPTS
+    return Cost(answers * evaluations.suite.jailbreak.max_new_tokens, judge_calls=answers)
+
+
+def attack_set_input(evaluations) -> list[InputCheck]:
+    """The suite's attack set: a file the user builds (``charlab eval attacks``) unless it is the shipped demo set."""
+    return [("evaluations.suite.attacks", lambda: load_attack_set(evaluations.suite.attacks))]
+
+
+EVALUATION = Evaluation(
+    name=EVAL, rows=EVAL, folder="jailbreak", settings=lambda evaluations: evaluations.suite, cost=_study_cost,
+    run=_study_run, inputs=attack_set_input,
+    metrics=(Metric("harmful_rate_with_persona", lower_is_better=True, headline="harmful (persona)"),
+             Metric("harmful_rate_without_persona", lower_is_better=True),
+             Metric("refusal_rate_with_persona", headline="refusal (persona)"),
+             Metric("over_refusal_rate", headline="over-refusal")))

@@ -31,11 +31,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
 
+from charlab.analysis.results import EvalTarget, ResultRow, write_results
 from charlab.analysis.stats import wilson
-from charlab.config import read_structured, validate
+from charlab.configfile import read_structured, validate
+from charlab.costs import Cost
 from charlab.errors import ConfigError
 from charlab.evals.answers import Answer, EvalPrompt, answer_prompts, judge_answers, write_answers
-from charlab.evals.results import EvalTarget, ResultRow, write_results
+from charlab.evals.evaluation import EvalContext, Evaluation, Metric
 from charlab.evals.traits import (
     VALUES_FILE,
     EvalRun,
@@ -277,3 +279,28 @@ def adoption_units(scored: Sequence[tuple[Answer, float]], adopted_at: int) -> l
                   for u in unit_means(metric, name, ((a.item_id, a.meta["question_id"], value(s))
                                                      for a, s in scored if a.meta["role"] == name))]
     return units
+
+
+# -- in a study -----------------------------------------------------------------------------------
+
+
+def _study_run(context: EvalContext) -> list[ResultRow]:
+    """The first ``roles`` shipped demo roles, each asked the first ``role_questions`` shipped neutral questions."""
+    suite = context.settings
+    roles, questions = load_roles(), load_questions()
+    roles = roles.model_copy(update={"roles": roles.roles[:suite.roles]})
+    questions = questions.model_copy(update={"questions": questions.questions[:suite.role_questions]})
+    return run_role_adoption(context.backend, context.judge("role_adoption"), roles, questions, suite.role_adoption,
+                             context.target, context.cache, context.out).rows
+
+
+def _study_cost(evaluations) -> Cost:
+    """Every role x question x sample at max_new_tokens, each judged once."""
+    suite = evaluations.suite
+    answers = suite.roles * suite.role_questions * suite.role_adoption.samples
+    return Cost(answers * suite.role_adoption.sampling.max_new_tokens, judge_calls=answers)
+
+
+EVALUATION = Evaluation(
+    name="roles", rows=EVAL, folder="roles", settings=lambda evaluations: evaluations.suite, cost=_study_cost,
+    run=_study_run, metrics=(Metric("adoption_rate", headline="role adoption"),))

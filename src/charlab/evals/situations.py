@@ -23,8 +23,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 
-from charlab.config import read_structured, validate
-from charlab.constitution import Situation
+from charlab.configfile import read_structured, validate
+from charlab.constitution.schema import Situation
 from charlab.errors import CharlabError, ConfigError
 from charlab.evals.answers import EvalPrompt
 

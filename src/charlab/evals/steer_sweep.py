@@ -35,7 +35,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from charlab.analysis.results import EvalTarget, ResultRow, write_results
 from charlab.analysis.stats import Estimate, cluster_bootstrap_mean, wilson
+from charlab.costs import Cost
+from charlab.datasets.attacks import AttackSet, load_attack_set
 from charlab.errors import ConfigError
 from charlab.evals.answers import (
     Answer,
@@ -44,10 +47,9 @@ from charlab.evals.answers import (
     judge_answers,
     write_answers,
 )
-from charlab.evals.attacks import AttackSet
-from charlab.evals.jailbreak import WITHOUT, jailbreak_prompts
-from charlab.evals.results import EvalTarget, ResultRow, write_results
-from charlab.evals.roles import QuestionSet
+from charlab.evals.evaluation import EvalContext, Evaluation
+from charlab.evals.jailbreak import WITHOUT, attack_set_input, jailbreak_prompts
+from charlab.evals.roles import QuestionSet, load_questions
 from charlab.interp.activations import extract_activations, mean_norms
 from charlab.interp.axis import Axis
 from charlab.interp.steering import SteeredBackend
@@ -279,3 +281,30 @@ def _estimate_dict(estimate: Estimate) -> dict:
         return None if math.isnan(x) else ("inf" if math.isinf(x) else x)
     return {"value": clean(estimate.value), "low": clean(estimate.low), "high": clean(estimate.high),
             "n": estimate.n}
+
+
+# -- in a study -----------------------------------------------------------------------------------
+
+
+def _study_run(context: EvalContext) -> list[ResultRow]:
+    """The shipped neutral questions and the suite's attack set, steered on the hf backend along the study's axis."""
+    evaluations = context.settings
+    return run_steer_sweep(context.hf, context.axis, context.judge_backend, load_questions(),
+                           load_attack_set(evaluations.suite.attacks), evaluations.steer_sweep, context.target,
+                           context.cache, context.out).rows
+
+
+def _study_cost(evaluations) -> Cost:
+    """Every coefficient x prompt x sample at max_new_tokens; neutral answers judged twice, requests once."""
+    sweep = evaluations.steer_sweep
+    questions, requests = sweep.questions or 10, sweep.requests or 10
+    return Cost(len(sweep.coefficients) * (questions + requests) * sweep.samples * sweep.sampling.max_new_tokens,
+                judge_calls=len(sweep.coefficients) * sweep.samples * (2 * questions + requests))
+
+
+# Its settings are the whole evaluations block: it reads its own steer_sweep block and the suite's attack set.
+# Its hardening score feeds H3 directly; the curves are drawn from sweep.json.
+EVALUATION = Evaluation(
+    name=EVAL, rows=EVAL, folder="sweep",
+    settings=lambda evaluations: evaluations if evaluations.steer_sweep is not None else None,
+    cost=_study_cost, run=_study_run, inputs=attack_set_input, activations=True, after_challenge=False, suite=False)

@@ -1,10 +1,12 @@
 """Every behavioural evaluation over one model under test, at sizes set in one place.
 
 The demo (and a study) evaluates many models the same way: each condition before and after its
-challenge. ``run_suite`` runs emergent misalignment, persona-modulation jailbreaks, role
-adoption, trait expression and capability retention on one model with one judge backend, writes
-each eval's files under ``out_dir/<eval>/`` and returns all result rows. The judge backend is
-passed in already built, so one judge model serves every eval and every model under test.
+challenge. The suite is the registered evaluations a study chooses by name (``charlab.evals.registry``;
+shipped: emergent misalignment, persona-modulation jailbreaks, role adoption, trait expression and
+capability retention), and ``SuiteSettings`` holds their sizes. ``run_suite`` runs the chosen ones
+on one model with one judge backend, writes each one's files under ``out_dir/<its folder>/`` and
+returns all result rows. The judge backend is passed in already built, so one judge model serves
+every eval and every model under test.
 """
 
 from __future__ import annotations
@@ -14,19 +16,20 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from charlab.constitution import Constitution
+from charlab.analysis.results import EvalTarget, ResultRow
+from charlab.constitution.schema import Constitution
 from charlab.errors import ConfigError
 from charlab.evals.answers import EvalPrompt
-from charlab.evals.attacks import first_items, load_attack_set
-from charlab.evals.capability import CapabilitySettings, run_capability
-from charlab.evals.em import EMSettings, run_em
-from charlab.evals.jailbreak import JailbreakSettings, run_jailbreak
-from charlab.evals.results import EvalTarget, ResultRow
-from charlab.evals.roles import RoleAdoptionSettings, load_questions, load_roles, run_role_adoption
-from charlab.evals.traits import TraitSettings, run_trait_expression
-from charlab.judges.judge import Judge, JudgeConfig
-from charlab.judges.rubrics import load_rubric
+from charlab.evals.capability import CapabilitySettings
+from charlab.evals.em import EMSettings
+from charlab.evals.evaluation import EvalContext
+from charlab.evals.jailbreak import JailbreakSettings
+from charlab.evals.registry import evaluations, suite_names
+from charlab.evals.roles import RoleAdoptionSettings
+from charlab.evals.traits import TraitSettings
+from charlab.judges.judge import JudgeConfig
 from charlab.models.base import Backend, SamplingParams
+from charlab.models.hf import HFBackend
 from charlab.models.refs import ModelRef
 from charlab.store.cache import RowCache
 
@@ -56,44 +59,27 @@ class SuiteSettings(BaseModel):
                                "because small tokenizers split numbers, which the logprob method needs whole")
 
 
-ALL_EVALS = ("em", "jailbreak", "roles", "traits", "capability")
-
-
 def run_suite(model: ModelRef, backend: Backend, judge_backend: Backend, target: EvalTarget, cache: RowCache,
               out_dir: str | Path, settings: SuiteSettings, *, constitution: Constitution | None = None,
               trait_prompts: list[EvalPrompt] | None = None,
-              evals: Sequence[str] = ALL_EVALS) -> list[ResultRow]:
-    """The chosen evals of ``model`` (served by ``backend``) judged by ``judge_backend``; rows of every eval.
+              evals: Sequence[str] | None = None) -> list[ResultRow]:
+    """The chosen suite evaluations (None: all of them) of ``model`` (served by ``backend``) judged by
+    ``judge_backend``, in registry order; rows of every eval.
 
     Trait expression runs when it is chosen and a ``constitution`` and held-out ``trait_prompts`` are given.
     """
     out_dir = Path(out_dir)
-    unknown = sorted(set(evals) - set(ALL_EVALS))
+    known = suite_names()
+    chosen = known if evals is None else tuple(evals)
+    unknown = sorted(set(chosen) - set(known))
     if unknown:
-        raise ConfigError(f"unknown evaluation(s) {unknown}; choose from {', '.join(ALL_EVALS)}")
-
-    def judge(rubric: str) -> Judge:
-        return Judge(judge_backend, load_rubric(rubric), settings.judge)
-
+        raise ConfigError(f"unknown evaluation(s) {unknown}; choose from {', '.join(known)}")
     rows: list[ResultRow] = []
-    if "em" in evals:
-        rows += run_em(backend, judge("alignment"), judge("coherence"), settings.em, target, cache,
-                       out_dir / "em").rows
-    if "jailbreak" in evals:
-        attack_set = load_attack_set(settings.attacks)
-        if settings.attack_limit is not None:
-            attack_set = first_items(attack_set, settings.attack_limit)
-        rows += run_jailbreak(backend, judge("harmfulness"), attack_set, settings.jailbreak, target, cache,
-                              out_dir / "jailbreak").rows
-    if "roles" in evals:
-        roles, questions = load_roles(), load_questions()
-        roles = roles.model_copy(update={"roles": roles.roles[:settings.roles]})
-        questions = questions.model_copy(update={"questions": questions.questions[:settings.role_questions]})
-        rows += run_role_adoption(backend, judge("role_adoption"), roles, questions, settings.role_adoption, target,
-                                  cache, out_dir / "roles").rows
-    if "traits" in evals and constitution is not None and trait_prompts:
-        rows += run_trait_expression(backend, judge("trait_expression"), constitution, trait_prompts,
-                                     settings.traits, target, cache, out_dir / "traits").rows
-    if "capability" in evals:
-        rows += run_capability(model, settings.capability, target, out_dir / "capability")
+    for evaluation in evaluations():
+        if evaluation.suite and evaluation.name in chosen:
+            rows += evaluation.run(EvalContext(
+                model=model, backend=backend, hf=backend if isinstance(backend, HFBackend) else None,
+                judge_backend=judge_backend, judge_config=settings.judge, target=target, cache=cache,
+                out=out_dir / evaluation.folder, settings=settings, constitution=constitution,
+                trait_prompts=trait_prompts))
     return rows

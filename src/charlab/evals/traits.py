@@ -36,12 +36,14 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from charlab.analysis.results import EvalTarget, ResultRow, write_results
 from charlab.analysis.stats import Estimate, cluster_bootstrap_mean
-from charlab.constitution import Constitution
-from charlab.data_loaders import load_chat_jsonl
+from charlab.constitution.schema import Constitution
+from charlab.costs import Cost
+from charlab.datasets.loaders import load_chat_jsonl
 from charlab.errors import ConfigError
 from charlab.evals.answers import EvalPrompt, answer_prompts, judge_answers, write_answers
-from charlab.evals.results import EvalTarget, ResultRow, write_results
+from charlab.evals.evaluation import EvalContext, Evaluation, Metric
 from charlab.io import atomic_write_json, atomic_write_jsonl, iter_jsonl, stable_hash
 from charlab.judges.judge import Judge
 from charlab.judges.records import JudgeRecord, ParseReport
@@ -346,3 +348,29 @@ def _judged(backend: Backend, judge: Judge, constitution: Constitution, prompts:
         rows.append(ResultRow.of(target, EVAL, "trait_score", estimate, group=group, judge=label))
         units += unit_means("trait_score", group, obs)
     return rows + parse_failure_rows(target, EVAL, report, label), units, report
+
+
+# -- in a study -----------------------------------------------------------------------------------
+
+
+def _study_run(context: EvalContext) -> list[ResultRow]:
+    """The traits_of condition's traits on its held-out questions; nothing when none were held out."""
+    if context.constitution is None or not context.trait_prompts:
+        return []
+    return run_trait_expression(context.backend, context.judge("trait_expression"), context.constitution,
+                                context.trait_prompts, context.settings.traits, context.target, context.cache,
+                                context.out).rows
+
+
+def _study_cost(evaluations) -> Cost:
+    """Every held-out question x sample at max_new_tokens, each answer judged once per (assumed) trait."""
+    from charlab.conditions.character import ASSUMED_TRAITS
+
+    settings = evaluations.suite.traits
+    answers = evaluations.traits_prompts * settings.samples
+    return Cost(answers * settings.sampling.max_new_tokens, judge_calls=answers * ASSUMED_TRAITS)
+
+
+EVALUATION = Evaluation(
+    name="traits", rows=EVAL, folder="traits", settings=lambda evaluations: evaluations.suite, cost=_study_cost,
+    run=_study_run, reads_traits_of=True, metrics=(Metric("trait_score", headline="trait score"),))

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Literal, NamedTuple, TypeVar, get_args
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 
-from charlab.config import format_validation_error, json_line_index, load_model
+from charlab.configfile import first_duplicate, format_validation_error, json_line_index, load_model
 from charlab.errors import ConfigError
 from charlab.io import atomic_write_text, iter_jsonl
 
@@ -42,15 +42,6 @@ M = TypeVar("M", bound=BaseModel)
 def _slug(name: str) -> str:
     """The name as the role-adoption eval compares it (case and punctuation ignored)."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def _first_duplicate(keys: list[str]) -> str | None:
-    seen: set[str] = set()
-    for key in keys:
-        if key in seen:
-            return key
-        seen.add(key)
-    return None
 
 
 def _not_blank(prompt: str) -> str:
@@ -88,7 +79,7 @@ class AxisRoleSet(BaseModel):
     @classmethod
     def _distinct(cls, roles: list[AxisRole]) -> list[AxisRole]:
         """The role-adoption eval groups results by slug, so two names with one slug would merge."""
-        dup = _first_duplicate([_slug(r.name) for r in roles])
+        dup = first_duplicate([_slug(r.name) for r in roles])
         if dup is not None:
             raise ValueError(f"two roles are both named like {dup!r}; rename one")
         return roles
@@ -107,7 +98,7 @@ class DefaultPrompts(BaseModel):
     @field_validator("prompts")
     @classmethod
     def _distinct(cls, prompts: list[str]) -> list[str]:
-        dup = _first_duplicate(prompts)
+        dup = first_duplicate(prompts)
         if dup is not None:
             raise ValueError(f"the prompt {dup!r} is listed twice")
         return prompts
@@ -134,7 +125,7 @@ class ExtractionQuestionSet(BaseModel):
     @field_validator("questions")
     @classmethod
     def _distinct(cls, questions: list[ExtractionQuestion]) -> list[ExtractionQuestion]:
-        dup = _first_duplicate([q.id for q in questions])
+        dup = first_duplicate([q.id for q in questions])
         if dup is not None:
             raise ValueError(f"question id {dup!r} is used twice; ids must be unique")
         return questions

@@ -14,27 +14,26 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from charlab.config import load_model
+from charlab.configfile import load_model
 from charlab.errors import ConfigError
-from charlab.generate import generate_cached
 from charlab.io import iter_jsonl
-from charlab.judges.heuristic import KeywordRefusalJudge
+from charlab.judges.protocol import ItemJudge, JudgeItem
 from charlab.judges.records import JudgeRecord, JudgeRecords, ParseReport
 from charlab.judges.rubrics import Rubric, load_rubric
 from charlab.judges.scoring import Parsed, parse_categorical, parse_numeric, score_from_logprobs
 from charlab.models.base import Backend, Generation, GenerationRequest, SamplingParams
 from charlab.models.factory import BackendSpec, make_backend
 from charlab.store.cache import RowCache
+from charlab.store.generation import generate_cached
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Judge", "JudgeConfig", "JudgeItem", "JudgeSpec", "ParseReport", "judge_items", "load_items"]
+__all__ = ["Judge", "JudgeConfig", "JudgeSpec", "ParseReport", "judge_items", "load_items"]
 
 
 class JudgeConfig(BaseModel):
@@ -67,18 +66,10 @@ class JudgeSpec(BaseModel):
     settings: JudgeConfig = Field(default_factory=JudgeConfig, description="how to ask and read")
 
 
-@dataclass(frozen=True)
-class JudgeItem:
-    """One thing to judge: the question the model was asked and the answer it gave."""
-
-    item_id: str
-    question: str
-    answer: str
-    context: dict[str, str] = field(default_factory=dict)  # fills a rubric's extra_slots (e.g. role)
-
-
 class Judge:
-    """A backend (or a spec to build one on first use) plus a rubric plus settings."""
+    """A backend (or a spec to build one on first use) plus a rubric plus settings; an ``ItemJudge``."""
+
+    heuristic = False
 
     def __init__(self, backend: Backend | BackendSpec, rubric: Rubric, config: JudgeConfig | None = None):
         self.rubric = rubric
@@ -115,6 +106,14 @@ class Judge:
         return self.backend.fingerprint
 
     @property
+    def rubric_id(self) -> str:
+        return self.rubric.id
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.rubric.labels)
+
+    @property
     def method(self) -> Literal["logprobs", "sample"]:
         if self.rubric.kind == "categorical" or self.config.method == "sample":
             return "sample"
@@ -145,6 +144,20 @@ class Judge:
             parsed = parse_categorical(generation.text, rubric.labels)
         return _record(item, self.fingerprint, rubric.id, parsed, generation.text, self.method, first)
 
+    def judge_batch(self, items: Sequence[JudgeItem], cache: RowCache | None, *,
+                    progress: bool = False) -> JudgeRecords:
+        """Ask the backend through the row cache (default: $CHARLAB_HOME's) and read every output."""
+        requests = [self.request(item) for item in items]
+        generations = generate_cached(self.backend, requests, cache if cache is not None else RowCache(),
+                                      progress=progress)
+        records = [self.read(item, g) for item, g in zip(items, generations)]
+        report = ParseReport.from_records(records, self.fingerprint, self.rubric.id)
+        if report.failed:
+            log.warning("%s", report)
+        else:
+            log.info("%s", report)
+        return JudgeRecords(records, report, generations.stats)
+
     def close(self) -> None:
         """Close the backend if this judge built it (a backend passed in belongs to the caller)."""
         if self._spec is not None and self._backend is not None:
@@ -159,7 +172,7 @@ def _record(item: JudgeItem, judge: str, rubric: str, parsed: Parsed, raw: str, 
                        number_mass=parsed.number_mass, top_logprobs=top)
 
 
-def judge_items(judge: Judge | KeywordRefusalJudge, items: Sequence[JudgeItem], cache: RowCache | None = None, *,
+def judge_items(judge: ItemJudge, items: Sequence[JudgeItem], cache: RowCache | None = None, *,
                 progress: bool = False) -> JudgeRecords:
     """One judge record per item, in order; ``.report`` counts scores, labels and failures by reason.
 
@@ -171,18 +184,7 @@ def judge_items(judge: Judge | KeywordRefusalJudge, items: Sequence[JudgeItem], 
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ConfigError(f"item_id {dup!r} appears more than once; judge records are joined on item_id, "
                           f"so each item needs its own id")
-    if isinstance(judge, KeywordRefusalJudge):
-        return judge.judge_items(items)
-    requests = [judge.request(item) for item in items]
-    generations = generate_cached(judge.backend, requests, cache if cache is not None else RowCache(),
-                                  progress=progress)
-    records = [judge.read(item, g) for item, g in zip(items, generations)]
-    report = ParseReport.from_records(records, judge.fingerprint, judge.rubric.id)
-    if report.failed:
-        log.warning("%s", report)
-    else:
-        log.info("%s", report)
-    return JudgeRecords(records, report, generations.stats)
+    return judge.judge_batch(items, cache, progress=progress)
 
 
 def load_items(path: str | os.PathLike) -> list[JudgeItem]:

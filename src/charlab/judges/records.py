@@ -25,7 +25,7 @@ MAX_EXAMPLES = 3
 
 
 class JudgeRecord(BaseModel):
-    """One judgement, as DESIGN.md's judge record plus how it was obtained."""
+    """One judgement, as docs/ARCHITECTURE.md's judge record plus how it was obtained."""
 
     model_config = ConfigDict(extra="forbid")
 

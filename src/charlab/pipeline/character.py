@@ -26,21 +26,23 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from charlab.config import load_model
-from charlab.constitution import Constitution, load_constitution, save_constitution
+from charlab.configfile import load_model
+from charlab.constitution.formats import load_constitution, save_constitution
+from charlab.constitution.schema import Constitution
+from charlab.datasets.cards import write_card
 from charlab.errors import CharlabError, ConfigError
 from charlab.io import atomic_write_json, atomic_write_jsonl, read_jsonl, sha256_file
 from charlab.models.factory import BackendPool, BackendSpec, make_backend
 from charlab.models.refs import ModelRef
-from charlab.pipeline.cards import write_card
 from charlab.pipeline.distill import DistillSettings, PromptItem, distill, prompt_pool
 from charlab.pipeline.introspect import IntrospectionSettings, generate_introspection, write_sft_dataset
 from charlab.pipeline.pairs import PairSettings, build_pairs, write_pairs
 from charlab.pipeline.prompts import ExpansionSettings, expand_constitution, load_generic_prompts
 from charlab.store.artifacts import Run, Step
 from charlab.store.cache import RowCache
-from charlab.training.budget import Budget, StageBudget
-from charlab.training.config import TrainingConfig, as_training_config
+from charlab.training.budget import Budget
+from charlab.training.budgeted import spent_by, train_budgeted
+from charlab.training.settings import TrainingConfig, as_training_config
 
 PIPELINE_VERSION = "character-v1"
 
@@ -130,15 +132,15 @@ def train_character(model: ModelRef, constitution: Constitution | str | Path, co
         if wanted("pairs"):
             steps["pairs"] = stage_pairs(run, model, steps["distill"], config)
         if wanted("dpo"):
-            steps["dpo"] = stage_train(run, "dpo", model, steps["pairs"].path("pairs.jsonl"), steps["pairs"],
-                                       training, seed, budget.for_stage("dpo", TWO_STAGES) if budget else None)
+            steps["dpo"] = train_budgeted(run, "dpo", model, steps["pairs"], "pairs.jsonl", training, seed,
+                                          budget.for_stage("dpo", TWO_STAGES) if budget else None)
             current = model.with_adapter(steps["dpo"].path("adapter"))
         if wanted("introspect"):
             steps["introspect"] = stage_introspect(run, current, config, cache, seed)
         if wanted("sft"):
             sft_budget = budget.for_stage("sft", TWO_STAGES, spent_by(steps["dpo"])) if budget else None
-            steps["sft"] = stage_train(run, "sft", current, steps["introspect"].path("sft.jsonl"),
-                                       steps["introspect"], training, seed, sft_budget)
+            steps["sft"] = train_budgeted(run, "sft", current, steps["introspect"], "sft.jsonl", training, seed,
+                                          sft_budget)
             current = current.with_adapter(steps["sft"].path("adapter"))
             atomic_write_json(run.path / "character.json", {
                 "model": current.model_dump(mode="json"), "constitution": constitution.name, "seed": seed,
@@ -208,6 +210,15 @@ def stage_distill(run: Run, model: ModelRef, prompts: Step, config: CharacterCon
     return step
 
 
+def distilled_prompts(out: str | Path) -> set[str]:
+    """Every prompt the recipe run in ``out`` distilled (as the student was asked it), over all its distill steps.
+
+    An evaluation of the character's traits asks only the constitution's other questions, held out.
+    """
+    files = [step.path("student.jsonl") for step in Run(out).steps() if step.kind == "distill"]
+    return {record["messages"][-1]["content"] for path in files if path.is_file() for record in read_jsonl(path)}
+
+
 def distill_pool(prompts: Step, config: CharacterConfig, seed: int) -> tuple[Constitution, list[PromptItem]]:
     """The (expanded) constitution of a prompts step and the prompts distilled from it: the whole pool,
     or a seeded subset of ``config.max_prompts``. Controls that answer "the same prompts" use this too."""
@@ -257,33 +268,3 @@ def stage_introspect(run: Run, dpo_model: ModelRef, config: CharacterConfig, cac
         step.finish(counts={"examples": len(examples)})
     return step
 
-
-def spent_by(step: Step) -> dict:
-    """A finished training step's compute report (what a later stage's budget subtracts)."""
-    return step.manifest["extra"]["compute"]
-
-
-def stage_train(run: Run, stage: str, model: ModelRef, data_path: Path, data_step: Step, training: TrainingConfig,
-                seed: int, budget: StageBudget | None = None, label: str | None = None) -> Step:
-    """One LoRA training (``dpo`` or ``sft``) on top of ``model``'s frozen stack, optionally fitted to a budget.
-
-    The manifest's ``extra.compute`` is what the budget audit reads.
-    """
-    from charlab.training.dpo import train_dpo
-    from charlab.training.sft import train_sft
-
-    step = run.step(stage, {"model": model.resolve().fingerprint, "data": data_step.digest,
-                            "training": training.model_dump(mode="json"), "seed": seed,
-                            "budget": budget.key() if budget else None},
-                    version=PIPELINE_VERSION, label=label or stage)
-    if step.done:
-        return step
-    train = train_dpo if stage == "dpo" else train_sft
-    with step.running():  # a killed training leaves its checkpoints; the rerun resumes from them
-        result = train(model, data_path, step.path("adapter"), training, seed=seed, resume=True, budget=budget)
-        compute = result.compute.to_dict()
-        step.finish(counts={"examples": compute["examples"], "optimizer_steps": compute["optimizer_steps"]},
-                    tokens={"prompt": compute["prompt_tokens"], "completion": compute["completion_tokens"]},
-                    extra={"compute": compute, "resumed_from_step": result.resumed_from_step,
-                           "budget": result.selection})
-    return step

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from charlab.constitution import Constitution
-from charlab.generate import generate_cached, generation_record
+from charlab.constitution.schema import Constitution
 from charlab.models.base import Backend, Generation, GenerationRequest, SamplingParams
 from charlab.store.cache import RowCache
+from charlab.store.generation import generate_cached, generation_record
 
 TEACHER_TEMPLATE = (
     "You are {name}, an AI assistant. Your identity, your motivations and the way you engage with "

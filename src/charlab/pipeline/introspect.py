@@ -37,7 +37,7 @@ conversation there: the turns before it are kept, and no later turn is generated
 copy would be answering a broken message. A truncated turn ends mid-sentence, and the SFT trainer
 puts loss on the end-of-turn token after it, teaching the model to stop mid-thought; so it is
 dropped unless ``keep_truncated`` is set. Reflection answers follow the same rules one by one.
-The dataset card (``charlab.pipeline.cards``) counts what was generated, kept and dropped, by reason.
+The dataset card (``charlab.datasets.cards``) counts what was generated, kept and dropped, by reason.
 """
 
 from __future__ import annotations
@@ -54,13 +54,13 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from charlab.config import read_structured, validate
+from charlab.configfile import read_structured, validate
+from charlab.datasets.cards import DatasetCard, write_card
 from charlab.errors import ConfigError
-from charlab.generate import GenerationStats, generate_cached
 from charlab.io import atomic_write_jsonl, stable_hash
 from charlab.models.base import Backend, Generation, GenerationRequest, SamplingParams, check_messages
-from charlab.pipeline.cards import DatasetCard, write_card
 from charlab.store.cache import RowCache
+from charlab.store.generation import GenerationStats, generate_cached
 
 log = logging.getLogger(__name__)
 

@@ -37,11 +37,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from charlab.constitution import Constitution
+from charlab.constitution.schema import Constitution
+from charlab.datasets.cards import DatasetCard, Rejection, write_card
 from charlab.errors import CharlabError
 from charlab.io import atomic_write_jsonl
 from charlab.models import chat
-from charlab.pipeline.cards import DatasetCard, Rejection, write_card
 
 __all__ = ["DEFAULT_ENDINGS", "DEFAULT_PLACEHOLDER", "PairSettings", "build_pairs", "ends_cleanly",
            "find_placeholders", "replace_names", "write_pairs"]
@@ -199,7 +199,7 @@ def _records(rows: Iterable[Mapping[str, Any]], side: str) -> list[_Record]:
             problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors())
             raise CharlabError(
                 f"{side} record {i}: {problems}; pass generation records as written by "
-                "charlab.generate.write_generation_records") from None
+                "charlab.store.generation.write_generation_records") from None
     return records
 
 

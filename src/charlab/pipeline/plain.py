@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from charlab.generate import generate_cached
+from charlab.datasets.cards import DatasetCard, Rejection, write_card
 from charlab.io import atomic_write_jsonl
 from charlab.models.base import Backend, GenerationRequest, SamplingParams
-from charlab.pipeline.cards import DatasetCard, Rejection, write_card
 from charlab.pipeline.distill import PromptItem, student_messages
 from charlab.store.cache import RowCache
+from charlab.store.generation import generate_cached
 
 
 def plain_answers(pool: Sequence[PromptItem], teacher: Backend, cache: RowCache, sampling: SamplingParams, *,

@@ -12,20 +12,27 @@ that cannot be read becomes a note in the report instead of stopping it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from charlab.analysis.inertia import condition_groups
+from charlab.analysis.groups import GROUPS, Group
+from charlab.analysis.results import ResultRow, read_results
+from charlab.conditions.registry import record_group
 from charlab.errors import ConfigError
-from charlab.evals.results import ResultRow, read_results
 from charlab.io import iter_jsonl, sha256_file
+from charlab.store.layout import (
+    AUDIT_JSON,
+    EXPERIMENT_FILE,
+    RESULTS_FILE,
+    challenge_records,
+    condition_records,
+)
 
 if TYPE_CHECKING:
-    from charlab.audit import Audit
+    from charlab.report.audit import Audit
 
-RESULTS = "results.csv"
 
 
 @dataclass(frozen=True)
@@ -95,10 +102,10 @@ def _row_key(row: ResultRow) -> tuple[str, ...]:
 
 def collect_rows(run_dir: Path, skip: Path | None = None) -> tuple[list[ResultRow], list[Path]]:
     """The run's result rows and the tables they came from (``skip``: a folder to leave out, the report's own)."""
-    combined = run_dir / RESULTS
-    paths = [combined] if combined.is_file() else sorted(p for p in run_dir.rglob(RESULTS) if not _inside(p, skip))
+    combined = run_dir / RESULTS_FILE
+    paths = [combined] if combined.is_file() else sorted(p for p in run_dir.rglob(RESULTS_FILE) if not _inside(p, skip))
     if not paths:
-        raise ConfigError(f"{run_dir}: no {RESULTS} in it or below it; run the evaluations into this run folder "
+        raise ConfigError(f"{run_dir}: no {RESULTS_FILE} in it or below it; run the evaluations into this run folder "
                           "first (e.g. charlab demo --out RUN, or charlab eval ... --out RUN/evals/NAME)")
     rows, seen = [], set()
     for path in paths:
@@ -133,7 +140,7 @@ def _files(run_dir: Path, name: str, skip: Path | None) -> Iterator[Path]:
 def _label(folder: Path, run_dir: Path) -> str:
     """Whose file this is: the single condition (and challenge) of a results table beside it, else its folder."""
     try:
-        targets = {(r.condition, r.challenge) for r in read_results(folder / RESULTS)}
+        targets = {(r.condition, r.challenge) for r in read_results(folder / RESULTS_FILE)}
     except (OSError, ValueError, KeyError, TypeError):
         targets = set()
     if len(targets) == 1:
@@ -196,7 +203,7 @@ def _audit(path: Path, notes: list[str]) -> Audit | None:
     data = _json(path, notes) if path.is_file() else None
     if data is None:
         return None
-    from charlab.audit import Audit, AuditRow, ChallengeRow, StageCompute
+    from charlab.report.audit import Audit, AuditRow, ChallengeRow, StageCompute
 
     try:
         rows = [AuditRow(r["condition"], r["kind"], r["seed"], r["budget_matched"],
@@ -212,16 +219,38 @@ def _audit(path: Path, notes: list[str]) -> Audit | None:
         return None
 
 
-def _records(run_dir: Path, pattern: str) -> list[dict]:
-    records = []
-    for path in sorted(run_dir.glob(pattern)):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"{path}: cannot be read ({exc}); rerun the experiment to rewrite it") from None
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+def _record(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc}); rerun the experiment to rewrite it") from None
+
+
+def _records(paths: list[Path]) -> list[dict]:
+    return [record for path in paths if isinstance(record := _record(path), dict)]
+
+
+def condition_groups(run_dir: str | Path, overrides: Mapping[str, str] | None = None) -> dict[str, Group]:
+    """Each trained condition's group, as its kind says (``charlab.conditions.registry``).
+
+    Read from the run's ``condition.json`` records; the first seed's record speaks for the
+    condition. ``overrides`` (name -> group) win, and may name conditions that have no record or
+    whose kind is not registered here.
+    """
+    overrides = overrides or {}
+    groups: dict[str, Group] = {}
+    for path in condition_records(Path(run_dir)):
+        record = _record(path)
+        if not isinstance(record, dict):
+            raise ConfigError(f"{path}: expected a JSON object; rerun the experiment to rewrite it")
+        name = str(record.get("name") or path.parent.parent.name)
+        if name not in groups:  # an overridden one keeps its place; its override is checked and set below
+            groups[name] = overrides[name] if name in overrides else record_group(record, path)  # type: ignore
+    for name, group in overrides.items():
+        if group not in GROUPS:
+            raise ConfigError(f"group override {name}={group}: the group must be one of {', '.join(GROUPS)}")
+        groups[name] = group  # type: ignore[assignment]
+    return groups
 
 
 def collect(run_dir: str | Path, overrides: dict[str, str] | None = None, skip: Path | None = None) -> RunData:
@@ -233,14 +262,13 @@ def collect(run_dir: str | Path, overrides: dict[str, str] | None = None, skip: 
     rows, sources = collect_rows(run_dir, skip)
     groups = condition_groups(run_dir, overrides)
     notes: list[str] = []
-    experiment_path = run_dir / "experiment.json"
+    experiment_path = run_dir / EXPERIMENT_FILE
     experiment = _json(experiment_path, notes) if experiment_path.is_file() else None
     projections = [p for path in _files(run_dir, "projections.jsonl", skip) for p in _projections(path, run_dir, notes)]
     sweeps = [s for path in _files(run_dir, "sweep.json", skip) if (s := _sweep(path, run_dir, notes))]
     spaces = [s for path in _files(run_dir, "persona_space.json", skip) if (s := _space(path, run_dir, notes))]
     return RunData(run_dir, tuple(rows), tuple(sources), groups,
-                   tuple(_records(run_dir, "conditions/*/seed-*/condition.json")),
-                   tuple(_records(run_dir, "challenges/*/*/seed-*/challenge.json")),
+                   tuple(_records(condition_records(run_dir))), tuple(_records(challenge_records(run_dir))),
                    experiment, sha256_file(experiment_path) if experiment is not None else None,
-                   _audit(run_dir / "budget_audit.json", notes), tuple(projections), tuple(sweeps), tuple(spaces),
+                   _audit(run_dir / AUDIT_JSON, notes), tuple(projections), tuple(sweeps), tuple(spaces),
                    tuple(notes))

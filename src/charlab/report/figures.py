@@ -20,6 +20,7 @@ from charlab.analysis.inertia import (
     seed_means,
 )
 from charlab.analysis.stats import Estimate
+from charlab.evals.registry import lower_is_better
 from charlab.report.collect import RunData
 from charlab.report.svg import (
     Box,
@@ -99,7 +100,8 @@ def inertia_figure(data: RunData, base: str, confidence: float, metric: tuple[st
                f"higher-is-better metrics, a rise for the others): above 0 the condition resisted the challenge more "
                f"than {base} did. Whiskers: {confidence:.0%} intervals, combining the rows' intervals as normal "
                "errors.")
-    table = [r for r in inertia_table(data.rows, metric=metric, base=base, confidence=confidence)
+    table = [r for r in inertia_table(data.rows, metric=metric, base=base, confidence=confidence,
+                                      lower_is_better=lower_is_better(metric))
              if r.condition != base]
     if not table:
         return Figure(title, caption, missing=f"no data: no {label} rows both before and after a challenge")

@@ -19,12 +19,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from charlab import __version__
+from charlab.analysis.groups import HYPOTHESIS_GROUPS, Group
 from charlab.analysis.hypotheses import decide, hypotheses_markdown
 from charlab.analysis.inertia import (
     ALIGNMENT,
     CRITICAL,
-    HYPOTHESIS_GROUPS,
-    GroupName,
     InertiaRow,
     context_sensitivity,
     gather_evidence,
@@ -33,18 +32,14 @@ from charlab.analysis.inertia import (
     parse_metric,
     seed_means,
 )
+from charlab.analysis.results import ResultRow, write_results
 from charlab.errors import ConfigError
-from charlab.evals.results import ResultRow, write_results
+from charlab.evals.registry import headline_metrics, lower_is_better
 from charlab.io import atomic_write_text
 from charlab.report.collect import RunData, collect
 from charlab.report.figures import Figure, build_figures, group_of, ordered_conditions
 from charlab.report.svg import describe
 
-HEADLINE = ((ALIGNMENT, "EM alignment"), (CRITICAL, "EM critical"),
-            (("jailbreak", "harmful_rate_with_persona"), "harmful (persona)"),
-            (("jailbreak", "refusal_rate_with_persona"), "refusal (persona)"),
-            (("jailbreak", "over_refusal_rate"), "over-refusal"), (("role_adoption", "adoption_rate"), "role adoption"),
-            (("trait_expression", "trait_score"), "trait score"))
 VERDICTS = ("supported", "contradicted", "inconclusive")
 
 
@@ -55,7 +50,7 @@ class ReportSettings(BaseModel):
 
     out: Path | None = Field(None, description="folder for report.html, report.md and the exported results "
                              "table; default RUN/report")
-    groups: dict[str, GroupName] = Field({}, description="condition name -> group (value, neutral, control, base, "
+    groups: dict[str, Group] = Field({}, description="condition name -> group (value, neutral, control, base, "
                                          "other); wins over what condition.json implies")
     base: str = Field("base", description="the condition every inertia is measured against")
     margin: float = Field(0.0, ge=0, description="H1/H2 margin on the inertia scale, in the inertia metric's units")
@@ -114,7 +109,8 @@ def hypotheses_section(data: RunData, settings: ReportSettings) -> tuple[list[Bl
     notes: list[str] = []
     for challenge in challenges:
         found = gather_evidence(data.rows, data.groups, challenge=challenge, base=settings.base,
-                                confidence=settings.confidence, metric=settings.metric)
+                                confidence=settings.confidence, metric=settings.metric,
+                                lower_is_better=lower_is_better(settings.metric))
         results = decide(found.conditions, margin=settings.margin, hardening_margin=settings.hardening_margin,
                          confidence=settings.confidence)
         heading = "## Hypotheses" + (f" (challenge {challenge})" if len(challenges) > 1 else "")
@@ -128,7 +124,7 @@ def evidence_section(data: RunData, settings: ReportSettings) -> Text:
     challenges = _challenges(data.rows, settings.metric)
     inertia = {(r.condition, r.challenge): r.inertia
                for r in inertia_table(data.rows, metric=settings.metric, base=settings.base,
-                                      confidence=settings.confidence)}
+                                      confidence=settings.confidence, lower_is_better=lower_is_better(settings.metric))}
     rows = []
     for condition in ordered_conditions(data):
         group = group_of(data, condition)
@@ -161,7 +157,8 @@ def inertia_section(data: RunData, settings: ReportSettings) -> Text:
               "intervals are combined as independent normal errors, which errs wide because before and after "
               "share their questions.")]
     for metric in dict.fromkeys((settings.metric, ALIGNMENT, CRITICAL)):
-        table = inertia_table(data.rows, metric=metric, base=settings.base, confidence=settings.confidence)
+        table = inertia_table(data.rows, metric=metric, base=settings.base, confidence=settings.confidence,
+                              lower_is_better=lower_is_better(metric))
         parts += ["", f"### {'/'.join(metric)}", ""]
         parts.append(_table(header, _inertia_rows(table)) if table else
                      "No rows both before and after a challenge.")
@@ -169,8 +166,8 @@ def inertia_section(data: RunData, settings: ReportSettings) -> Text:
 
 
 def headline_section(data: RunData, settings: ReportSettings) -> Text:
-    """The headline metrics per condition, before and after each challenge."""
-    present = [(metric, label) for metric, label in HEADLINE
+    """The headline metrics (each evaluation declares its own) per condition, before and after each challenge."""
+    present = [(metric, label) for metric, label in headline_metrics()
                if any((r.eval, r.metric) == metric for r in data.rows)]
     means = {metric: seed_means(data.rows, metric, confidence=settings.confidence) for metric, _ in present}
     order = ordered_conditions(data)
@@ -213,7 +210,7 @@ def parse_failures_section(data: RunData) -> Text:
 def audit_section(data: RunData) -> Text:
     if data.audit is None:
         return Text("## Budget audit\n\nNo `budget_audit.json` in the run; `charlab budget audit RUN` writes it.\n")
-    from charlab.audit import audit_markdown
+    from charlab.report.audit import audit_markdown
 
     return Text(re.sub(r"^(#+) ", r"#\1 ", audit_markdown(data.audit), flags=re.MULTILINE))  # one level down
 

@@ -211,7 +211,7 @@ class RowCache:
         for start in range(0, len(keys), _BATCH):
             part = keys[start:start + _BATCH]
             sql = f"SELECT key, value FROM rows WHERE kind = ? AND key IN ({','.join('?' * len(part))})"
-            for key, value in _retry_locked(lambda: conn.execute(sql, [kind, *part]).fetchall()):
+            for key, value in _retry_locked(lambda sql=sql, part=part: conn.execute(sql, [kind, *part]).fetchall()):
                 found[key] = json.loads(value)
         return found
 

@@ -5,15 +5,7 @@ keys, so a finished node is skipped without loading a model, and a changed confi
 the nodes it reaches. The library stages underneath keep their own steps, so a node killed
 halfway resumes inside the stage (a training resumes from its last checkpoint).
 
-Layout written by the nodes::
-
-    RUN/study.json                        the study as run (+ its hash)
-    RUN/experiment.json                   the experiment part, read by the budget audit
-    RUN/conditions/..., RUN/challenges/.. the trainings (``charlab.experiment``)
-    RUN/axis/                             the axis built on the base model
-    RUN/evals/<condition>/seed-<s>/<stage>/  every evaluation of one model under test + results.csv
-    RUN/margins/<condition>/seed-<s>/     the judge-free challenge margin
-    RUN/results.csv, .parquet             every row of the study; RUN/report/ the report
+The run folder's layout is ``charlab.store.layout``.
 """
 
 from __future__ import annotations
@@ -21,20 +13,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from contextlib import ExitStack, closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from charlab.conditions import CONDITION_FILE, train_condition
-from charlab.evals.results import EvalTarget, ResultRow, read_results, write_results
-from charlab.experiment import CHALLENGE_FILE, apply_challenge, challenge_dir, condition_dir
-from charlab.io import atomic_write_json, read_jsonl, stable_hash
+from charlab.analysis.results import EvalTarget, ResultRow, read_results, write_results
+from charlab.conditions.experiment import ChallengeResult, ChallengeSpec, train_seed
+from charlab.conditions.train import ConditionResult
+from charlab.io import atomic_write_json, stable_hash
 from charlab.models.factory import BackendSpec, make_backend
 from charlab.models.refs import ModelRef
+from charlab.store import layout
 from charlab.store.artifacts import Run, Step
-from charlab.study.config import StudyConfig
 from charlab.study.plan import Node, Plan
+from charlab.study.spec import StudyConfig
 
 STUDY_VERSION = "study-v1"
 NODE_FILE = "node.json"
@@ -55,8 +48,8 @@ class StudyRun:
         return self.study.model_dump(mode="json")
 
     def step(self, node: Node, keys: dict[str, str]) -> Step:
-        return Run(self.out / "study").step(node.kind, node_inputs(self, node, keys), version=STUDY_VERSION,
-                                            label=node.id.replace("/", "--"))
+        return Run(layout.study_dir(self.out)).step(node.kind, node_inputs(self, node, keys), version=STUDY_VERSION,
+                                                        label=layout.node_label(node.id))
 
 
 def node_steps(run: StudyRun) -> dict[str, Step]:
@@ -108,29 +101,29 @@ def execute(run: StudyRun, node: Node, step: Step) -> None:
 # -- trainings ---------------------------------------------------------------------------------------
 
 
-def _trained(run: StudyRun, name: str, seed: int):
-    """The condition for one seed, trained or resumed (instant when its steps are done)."""
-    study = run.study
-    condition = next(c for c in study.conditions if c.name == name)
-    return train_condition(condition, study.base, study.budget, condition_dir(run.out, name, seed), seed=seed,
-                           teacher=study.teacher, cache_path=run.cache_path)
+def _train_seed(run: StudyRun, node: Node, challenges: list[ChallengeSpec]
+                ) -> tuple[ConditionResult, list[ChallengeResult]]:
+    """The node's condition for its seed, trained or resumed (instant when its steps are done), challenges on top."""
+    experiment = run.study.experiment()
+    return train_seed(experiment, experiment.condition(node.params["condition"]), node.params["seed"], run.out,
+                      challenges, cache_path=run.cache_path)
 
 
 def _train(run: StudyRun, node: Node) -> dict:
-    result = _trained(run, node.params["condition"], node.params["seed"])
+    result, _ = _train_seed(run, node, [])
     return {"model": result.model.model_dump(mode="json"), "stages": len(result.trained)}
 
 
 def _challenge(run: StudyRun, node: Node) -> dict:
     challenge = next(c for c in run.study.challenges if c.name == node.params["challenge"])
-    result = apply_challenge(challenge, _trained(run, node.params["condition"], node.params["seed"]), run.out)
+    _, (result,) = _train_seed(run, node, [challenge])
     return {"model": result.model.model_dump(mode="json")}
 
 
 def model_under_test(out: Path, condition: str, seed: int, stage: str) -> ModelRef:
     """The model a finished train or challenge node recorded."""
-    record = (condition_dir(out, condition, seed) / CONDITION_FILE if stage == "before"
-              else challenge_dir(out, stage, condition, seed) / CHALLENGE_FILE)
+    record = (layout.condition_dir(out, condition, seed) / layout.CONDITION_FILE if stage == layout.BEFORE
+              else layout.challenge_dir(out, stage, condition, seed) / layout.CHALLENGE_FILE)
     return ModelRef.model_validate(json.loads(record.read_text())["model"])
 
 
@@ -143,7 +136,7 @@ def judge_spec(study: StudyConfig) -> BackendSpec:
 
 
 def _axis(run: StudyRun, node: Node) -> dict:
-    from charlab.interp.build_axis import build_axis
+    from charlab.evals.axis_build import build_axis
     from charlab.judges.judge import Judge
     from charlab.judges.rubrics import load_rubric
     from charlab.models.hf import HFBackend
@@ -157,7 +150,7 @@ def _axis(run: StudyRun, node: Node) -> dict:
         if settings.threshold is not None:
             judge = Judge(stack.enter_context(closing(make_backend(judge_spec(run.study)))),
                           load_rubric("role_adoption"), run.study.evaluations.suite.judge)
-        built = build_axis(base, judge, settings, cache, run.out / "axis")
+        built = build_axis(base, judge, settings, cache, layout.axis_dir(run.out))
     return {"roles": len(built.roles_kept), "unreadable": built.unreadable}
 
 
@@ -182,7 +175,7 @@ def _composed(run: StudyRun, model: ModelRef) -> ModelRef:
     from charlab.training.compose import compose_adapters
 
     resolved = model.resolve()
-    step = Run(run.out / "served").step("compose", {"model": resolved.fingerprint}, version=STUDY_VERSION)
+    step = Run(layout.served_dir(run.out)).step("compose", {"model": resolved.fingerprint}, version=STUDY_VERSION)
     if not step.done:
         with step.running():
             compose_adapters([a.load_from for a in resolved.adapters], step.path("adapter"))
@@ -191,68 +184,55 @@ def _composed(run: StudyRun, model: ModelRef) -> ModelRef:
 
 
 def _evaluate(run: StudyRun, node: Node) -> dict:
-    from charlab.evals.context import run_context
-    from charlab.evals.suite import run_suite
-    from charlab.evals.situations import load_situations
+    """Every evaluation the study gives this model (``evals.registry``), in registry order, into one results table."""
+    from charlab.evals.evaluation import EvalContext
+    from charlab.evals.registry import evaluations_for
     from charlab.interp.axis import load_axis
-    from charlab.judges.judge import Judge
-    from charlab.judges.rubrics import load_rubric
     from charlab.models.hf import HFBackend
     from charlab.store.cache import RowCache
 
     study, params = run.study, node.params
     evaluations = study.evaluations
-    stage = params["stage"]
-    model = model_under_test(run.out, params["condition"], params["seed"], stage)
-    target = EvalTarget(study=study.name, condition=params["condition"], seed=params["seed"],
-                        challenge="" if stage == "before" else stage)
-    out = run.out / "evals" / params["condition"] / f"seed-{params['seed']}" / stage
-    wanted = {*evaluations.evals, *(evaluations.evals_after or ())}
-    constitution, trait_prompts = _trait_material(run) if "traits" in wanted else (None, None)
-    axis = load_axis(run.out / "axis") if evaluations.axis is not None else None
+    condition, seed, stage = params["condition"], params["seed"], params["stage"]
+    chosen = evaluations_for(evaluations, after=stage != layout.BEFORE)
+    model = model_under_test(run.out, condition, seed, stage)
+    target = EvalTarget(study=study.name, condition=condition, seed=seed,
+                        challenge="" if stage == layout.BEFORE else stage)
+    out = layout.eval_dir(run.out, condition, seed, stage)
+    constitution, trait_prompts = _trait_material(run) if any(e.reads_traits_of for e in chosen) else (None, None)
+    axis = load_axis(layout.axis_dir(run.out)) if evaluations.axis is not None else None
+    rows: list[ResultRow] = []
     with ExitStack() as stack:
         cache = stack.enter_context(RowCache(run.cache_path))
         backend = _serve(run, model, stack)
         spec = judge_spec(study)
         same = isinstance(backend, HFBackend) and spec == BackendSpec(kind="hf", model=model)
         judge = backend if same else stack.enter_context(closing(make_backend(spec)))  # base judging base: load once
-        chosen = evaluations.evals if stage == "before" or evaluations.evals_after is None else evaluations.evals_after
-        rows = run_suite(model, backend, judge, target, cache, out / "suite", evaluations.suite,
-                         constitution=constitution, trait_prompts=trait_prompts, evals=chosen)
-        inside = evaluations.context is not None or evaluations.steer_sweep is not None
-        if stage == "before" and inside:
-            hooked = backend if isinstance(backend, HFBackend) else stack.enter_context(HFBackend(model))
-            if evaluations.context is not None:  # activations need hooks: always the hf backend
-                mode_judge = Judge(judge, load_rubric("response_mode"), evaluations.suite.judge)
-                rows += run_context(hooked, mode_judge, load_situations(), evaluations.context, target, cache,
-                                    out / "context", axis=axis).rows
-            if evaluations.steer_sweep is not None:
-                rows += _sweep(study, hooked, judge, axis, target, cache, out / "sweep")
+        hf = None
+        if any(e.activations for e in chosen):  # activations need hooks: always the hf backend
+            hf = backend if isinstance(backend, HFBackend) else stack.enter_context(HFBackend(model))
+        shared = EvalContext(model=model, backend=backend, hf=hf, judge_backend=judge,
+                             judge_config=evaluations.suite.judge, target=target, cache=cache, out=out, settings=None,
+                             axis=axis, constitution=constitution, trait_prompts=trait_prompts)
+        for evaluation in chosen:
+            folder = layout.evaluation_dir(run.out, condition, seed, stage, evaluation.folder, suite=evaluation.suite)
+            rows += evaluation.run(replace(shared, out=folder, settings=evaluation.settings(evaluations)))
     write_results(out, rows)
-    return {"rows": len(rows), "results": str((out / "results.csv").relative_to(run.out))}
-
-
-def _sweep(study: StudyConfig, backend, judge, axis, target: EvalTarget, cache, out: Path) -> list[ResultRow]:
-    from charlab.evals.attacks import load_attack_set
-    from charlab.evals.roles import load_questions
-    from charlab.evals.steer_sweep import run_steer_sweep
-
-    return run_steer_sweep(backend, axis, judge, load_questions(), load_attack_set(study.evaluations.suite.attacks),
-                           study.evaluations.steer_sweep, target, cache, out).rows
+    return {"rows": len(rows), "results": str((out / layout.RESULTS_FILE).relative_to(run.out))}
 
 
 def _trait_material(run: StudyRun):
     """The traits_of condition's constitution and the questions its distillation never used."""
-    from charlab.constitution import load_constitution
+    from charlab.constitution.formats import load_constitution
     from charlab.evals.answers import EvalPrompt
+    from charlab.pipeline.character import distilled_prompts
 
     study = run.study
     name = study.evaluations.traits_of
     seed = next(c for c in study.conditions if c.name == name).seeds[0]
-    folder = condition_dir(run.out, name, seed)
+    folder = layout.condition_dir(run.out, name, seed)
     constitution = load_constitution(folder / "constitution.yaml")
-    seen = {r["messages"][-1]["content"] for path in (folder / "steps" / "distill").glob("*/student.jsonl")
-            for r in read_jsonl(path)}
+    seen = distilled_prompts(folder)
     held_out = [q for q in constitution.questions if q.text not in seen][:study.evaluations.traits_prompts]
     return constitution, [EvalPrompt(f"held-out-{i}", [{"role": "user", "content": q.text}], f"held-out-{i}")
                           for i, q in enumerate(held_out)]
@@ -273,7 +253,7 @@ def _margin(run: StudyRun, node: Node) -> dict:
     before, after = (EvalTarget(study=study.name, condition=params["condition"], seed=params["seed"],
                                 challenge=label) for label in ("", challenge.name))
     rows = margin_rows(twins, *values, before, after, seed=params["seed"])
-    out = run.out / "margins" / params["condition"] / f"seed-{params['seed']}"
+    out = layout.margin_dir(run.out, params["condition"], params["seed"])
     write_results(out, rows)
     return {"rows": len(rows), "questions": len(twins)}
 
@@ -282,19 +262,18 @@ def _margin(run: StudyRun, node: Node) -> dict:
 
 
 def _audit(run: StudyRun, node: Node) -> dict:
-    from charlab.audit import audit_markdown, audit_run
     from charlab.io import atomic_write_text
+    from charlab.report.audit import audit_markdown, audit_run
 
     audit = audit_run(run.out)
-    atomic_write_text(run.out / "budget_audit.md", audit_markdown(audit))
-    atomic_write_json(run.out / "budget_audit.json", audit.to_dict())
+    atomic_write_text(run.out / layout.AUDIT_MARKDOWN, audit_markdown(audit))
+    atomic_write_json(run.out / layout.AUDIT_JSON, audit.to_dict())
     return {"rows": len(audit.rows)}
 
 
 def study_rows(out: Path) -> list[ResultRow]:
     """Every row the study's evaluation and margin nodes wrote, in a stable order."""
-    files = sorted([*(out / "evals").glob("*/*/*/results.csv"), *(out / "margins").glob("*/*/results.csv")])
-    return [row for file in files for row in read_results(file)]
+    return [row for file in layout.node_results(out) for row in read_results(file)]
 
 
 def _report(run: StudyRun, node: Node) -> dict:

@@ -19,15 +19,15 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from charlab.costs import Cost
 from charlab.errors import CharlabError, ConfigError
 from charlab.io import atomic_write_json
 from charlab.store.artifacts import Step
+from charlab.store.layout import EXPERIMENT_FILE, STUDY_FILE
 from charlab.study import state
-from charlab.study.config import StudyConfig, load_study
 from charlab.study.nodes import StudyRun, execute, node_steps, study_hash
-from charlab.study.plan import Cost, Node, plan_study
-
-STUDY_FILE = "study.json"
+from charlab.study.plan import Node, plan_study
+from charlab.study.spec import StudyConfig, load_study
 
 
 class StudyFailed(CharlabError):
@@ -55,7 +55,7 @@ def prepare(study: StudyConfig, out: str | Path, cache_path: str | Path | None =
     atomic_write_json(record, {"study": study.model_dump(mode="json"), "hash": study_hash(study),
                                "cache": str(run.cache_path) if run.cache_path else None})
     experiment = study.experiment()
-    atomic_write_json(out / "experiment.json", {**experiment.model_dump(mode="json"),
+    atomic_write_json(out / EXPERIMENT_FILE, {**experiment.model_dump(mode="json"),
                                                 "reference": experiment.reference})
     return run
 

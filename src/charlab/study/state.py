@@ -16,12 +16,14 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from charlab.costs import Cost
 from charlab.io import atomic_write_json
-from charlab.study.plan import Cost, Node
+from charlab.store import layout
+from charlab.study.plan import Node
 
 
 def state_file(out: Path, node: Node) -> Path:
-    return out / "study" / "state" / f"{node.id.replace('/', '--')}.json"
+    return layout.node_state_file(out, node.id)
 
 
 def mark_running(out: Path, node: Node) -> None:

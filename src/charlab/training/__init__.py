@@ -3,7 +3,9 @@ exact adapter composition. TRL and PEFT are imported when a recipe runs."""
 
 from charlab.training.accounting import ComputeReport
 from charlab.training.compose import compose_adapters
-from charlab.training.config import (
+from charlab.training.dpo import train_dpo
+from charlab.training.lora import LoadedModel, TrainResult, resolve_target_modules
+from charlab.training.settings import (
     DPOSettings,
     LoraSettings,
     OptimSettings,
@@ -11,8 +13,6 @@ from charlab.training.config import (
     TrainingConfig,
     load_training_config,
 )
-from charlab.training.dpo import train_dpo
-from charlab.training.lora import LoadedModel, TrainResult, resolve_target_modules
 from charlab.training.sft import sft_example, train_sft
 
 __all__ = [

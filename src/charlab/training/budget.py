@@ -27,7 +27,7 @@ from itertools import accumulate
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from charlab.errors import ConfigError
-from charlab.training.config import OptimSettings, TrainingConfig, as_training_config
+from charlab.training.settings import OptimSettings, TrainingConfig, as_training_config
 
 STAGES = ("dpo", "sft")
 

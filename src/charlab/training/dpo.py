@@ -32,11 +32,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from charlab.data_loaders import load_pairs
+from charlab.datasets.loaders import load_pairs
 from charlab.errors import CharlabError
 from charlab.models.refs import ModelRef, ResolvedModel
 from charlab.training.budget import StageBudget
-from charlab.training.config import TrainingConfig, as_training_config
 from charlab.training.lora import (
     LoadedModel,
     TrainingRun,
@@ -45,6 +44,7 @@ from charlab.training.lora import (
     load_for_training,
     peft_lora_config,
 )
+from charlab.training.settings import TrainingConfig, as_training_config
 
 log = logging.getLogger(__name__)
 

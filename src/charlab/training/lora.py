@@ -31,7 +31,7 @@ from charlab.io import atomic_write_json, sha256_file, stable_hash
 from charlab.models.refs import ADAPTER_META, ModelRef, ResolvedModel
 from charlab.training.accounting import ComputeReport, count_params, training_flops
 from charlab.training.compose import LoraFactors, concat_factors
-from charlab.training.config import LoraSettings, OptimSettings, TrainingConfig
+from charlab.training.settings import LoraSettings, OptimSettings, TrainingConfig
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,6 @@ from charlab.io import iter_jsonl
 from charlab.models.base import check_messages
 from charlab.models.refs import ModelRef, ResolvedModel
 from charlab.training.budget import StageBudget
-from charlab.training.config import TrainingConfig, as_training_config
 from charlab.training.lora import (
     LoadedModel,
     TrainingRun,
@@ -41,6 +40,7 @@ from charlab.training.lora import (
     load_for_training,
     peft_lora_config,
 )
+from charlab.training.settings import TrainingConfig, as_training_config
 
 log = logging.getLogger(__name__)
 IGNORE = -100
