@@ -11,8 +11,8 @@ import re
 import statistics
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from itertools import combinations
 
+import numpy as np
 from pydantic import (
     BaseModel,
     Field,
@@ -38,9 +38,117 @@ def is_near_duplicate(a: str, b: str) -> bool:
     Shared with the prompt-expansion stage, which drops a generated question that is a near
     duplicate of one already kept. Texts without words are never near duplicates.
     """
-    set_a, set_b = set(words(a)), set(words(b))
-    smaller = min(len(set_a), len(set_b))
-    return smaller > 0 and len(set_a & set_b) / smaller > 0.5
+    return word_sets_overlap(frozenset(words(a)), frozenset(words(b)))
+
+
+def word_sets_overlap(a: frozenset[str], b: frozenset[str]) -> bool:
+    """``is_near_duplicate`` on word sets already made (callers that test one text against many)."""
+    smaller = min(len(a), len(b))
+    return smaller > 0 and len(a & b) / smaller > 0.5
+
+
+def count_near_duplicates(texts: Sequence[str]) -> int:
+    """How many pairs of ``texts`` satisfy ``is_near_duplicate``: the same count as testing every pair.
+
+    Testing every pair is quadratic (tens of seconds at 2k questions), so this only tests the pairs
+    that the prefix filter proves include every near duplicate (see ``_near_duplicate_pairs``).
+    Texts with the same word set are counted once per set and weighted, since any two of them
+    are near duplicates of each other and of whatever the set is a near duplicate of.
+    """
+    groups = Counter(frozenset(words(text)) for text in texts)
+    groups.pop(frozenset(), None)
+    sets = list(groups)
+    weights = [groups[s] for s in sets]
+    within = sum(k * (k - 1) // 2 for k in weights)
+    return within + sum(weights[i] * weights[j] for i, j in _near_duplicate_pairs(sets))
+
+
+PREFIX_HITS = 2
+"""How many shared prefix words a pair needs to be checked (at most its threshold): higher checks
+fewer pairs but files a word more per set in the index."""
+
+
+def _near_duplicate_pairs(sets: Sequence[frozenset[str]]) -> Iterator[tuple[int, int]]:
+    """Index pairs of distinct, non-empty word sets with |a ∩ b| > min(|a|, |b|) / 2.
+
+    Why no pair is missed (prefix filtering): order all words by rarity and each set's words by
+    that order. Let y be the smaller set of a pair, t = |y| // 2 + 1 the words it must share and
+    I the shared words, |I| >= t. At most |y| - t words of y are not shared, so y's first
+    |y| - t + k words (its prefix, with k = PREFIX_HITS) hold at least k shared words, or all of
+    I when t < k. In the larger set x the j-th rarest shared word has at most |x| - t words
+    before it that are not shared, so its position in x is at most |x| - t + j - 1. Sets are
+    visited from small to large; x looks each of its words up in an index of the prefixes of the
+    sets visited before it, among the sets whose t allows that word's position, and a set found
+    min(k, t) times is checked exactly (2|I| > |y|, ``is_near_duplicate``'s rule in integers).
+    Rare words come first, so common words are rarely in a prefix and the lists stay short.
+    """
+    rows, visit = _by_size(_rarity_ranked(sets))
+    sizes = np.array([len(row) for row in rows], dtype=np.int64)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+    flat = np.fromiter((token for row in rows for token in row), dtype=np.int64, count=int(sizes.sum()))
+    needed = np.minimum(PREFIX_HITS, sizes // 2 + 1)
+    postings = _prefix_postings(rows)
+    member = np.zeros(int(flat.max(initial=-1)) + 1, dtype=bool)  # marks the words of the set being visited
+    smaller = np.searchsorted(sizes, np.arange(2 * int(sizes.max(initial=0)) + 2 * PREFIX_HITS))
+    for x, row in enumerate(rows):
+        candidates = _candidates(x, row, postings, smaller, needed)
+        if candidates.size:
+            member[row] = True
+            shared = _overlaps(member, candidates, sizes, starts, flat)
+            member[row] = False
+            for y in candidates[2 * shared > sizes[candidates]].tolist():
+                yield (visit[y], visit[x]) if visit[y] < visit[x] else (visit[x], visit[y])
+
+
+def _rarity_ranked(sets: Sequence[frozenset[str]]) -> list[list[int]]:
+    """Each set as the sorted ranks of its words, rank 0 the word in fewest sets (ties by spelling)."""
+    frequency = Counter(word for s in sets for word in s)
+    rank = {word: r for r, word in enumerate(sorted(frequency, key=lambda word: (frequency[word], word)))}
+    return [sorted(rank[word] for word in s) for s in sets]
+
+
+def _by_size(rows: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """The rows from shortest to longest, and where each came from."""
+    visit = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    return [rows[i] for i in visit], visit
+
+
+def _prefix_postings(rows: Sequence[list[int]]) -> dict[int, np.ndarray]:
+    """For each word, the rows (ascending) whose prefix holds it: the first |row| - t + PREFIX_HITS words."""
+    lists: dict[int, list[int]] = {}
+    for y, row in enumerate(rows):
+        for token in row[: len(row) - (len(row) // 2 + 1) + PREFIX_HITS]:
+            lists.setdefault(token, []).append(y)
+    return {token: np.array(ys, dtype=np.int64) for token, ys in lists.items()}
+
+
+def _candidates(x: int, row: list[int], postings: dict[int, np.ndarray], smaller: np.ndarray,
+                needed: np.ndarray) -> np.ndarray:
+    """Rows before ``x`` whose prefix holds enough words of ``row`` at allowed positions.
+
+    Rows are sorted by size, so ``smaller[k]`` (the rows shorter than k) cuts each posting list
+    to the sets whose threshold t allows position p: t <= |x| - p + PREFIX_HITS - 1, that is
+    |y| < 2 (|x| - p + PREFIX_HITS - 1).
+    """
+    found = []
+    for p, token in enumerate(row):
+        hits = postings.get(token)
+        if hits is not None:
+            limit = min(x, int(smaller[2 * (len(row) - p + PREFIX_HITS - 1)]))
+            found.append(hits[: np.searchsorted(hits, limit)])
+    if not found:
+        return np.empty(0, dtype=np.int64)
+    ys, counts = np.unique(np.concatenate(found), return_counts=True)
+    return ys[counts >= needed[ys]]
+
+
+def _overlaps(member: np.ndarray, candidates: np.ndarray, sizes: np.ndarray, starts: np.ndarray,
+              flat: np.ndarray) -> np.ndarray:
+    """How many ``member`` words each candidate row has, all rows stored end to end in ``flat``."""
+    lengths = sizes[candidates]
+    ends = np.cumsum(lengths)
+    offsets = np.arange(int(ends[-1])) - np.repeat(ends - lengths - starts[candidates], lengths)
+    return np.add.reduceat(member[flat[offsets]].astype(np.int64), ends - lengths)
 
 
 class CountSummary(BaseModel):
@@ -112,7 +220,7 @@ def stats(constitution: Constitution) -> ConstitutionStats:
         situations={tag: SituationShare(count=tags[tag], share=tags[tag] / len(questions)) for tag in ordered_tags},
         type_token_ratio=len(set(all_words)) / len(all_words) if all_words else 0.0,
         distinct_2=len(set(bigrams)) / len(bigrams) if bigrams else 0.0,
-        near_duplicates=sum(is_near_duplicate(a.text, b.text) for a, b in combinations(questions, 2)),
+        near_duplicates=count_near_duplicates([q.text for q in questions]),
     )
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Literal, NamedTuple
 
-from charlab.constitution.geometry import is_near_duplicate
+from charlab.constitution.geometry import word_sets_overlap, words
 from charlab.models.base import Generation
 
 # ----------------------------------------------------------------------------------------------
@@ -128,9 +129,22 @@ def find_duplicate(text: str, kept: Sequence[str]) -> Duplicate | None:
     """
     key = normalize(text)
     for other in kept:
-        if normalize(other) == key:
+        if _normalized(other) == key:
             return Duplicate("exact", other)
+    mine = _word_set(text)
     for other in kept:
-        if is_near_duplicate(text, other):
+        if word_sets_overlap(mine, _word_set(other)):
             return Duplicate("near", other)
     return None
+
+
+# An expansion tests every candidate against every kept question, so the kept questions' forms are
+# cached rather than recomputed per test; the cache is bounded for long-running processes.
+@lru_cache(maxsize=1 << 16)
+def _normalized(text: str) -> str:
+    return normalize(text)
+
+
+@lru_cache(maxsize=1 << 16)
+def _word_set(text: str) -> frozenset[str]:
+    return frozenset(words(text))
