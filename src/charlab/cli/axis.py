@@ -154,8 +154,6 @@ def _print_report(path: Path, layers: list[int] | None = None) -> tuple[list[str
 
 def _report(path: Path, layers: list[int] | None) -> tuple[list[str], list[str], list[list[str]]]:
     """Notes, column names and one row per layer describing the axis (and its persona space, when built)."""
-    import json
-
     from charlab.errors import ConfigError
     from charlab.evals.axis_projection import (
         PERSONA_SPACE,
@@ -163,6 +161,7 @@ def _report(path: Path, layers: list[int] | None) -> tuple[list[str], list[str],
         locate_axis,
         open_axis,
     )
+    from charlab.io import read_json_object
 
     axis = open_axis(path, layers)
     norms = axis.vectors.norm(dim=1).tolist()
@@ -176,7 +175,7 @@ def _report(path: Path, layers: list[int] | None) -> tuple[list[str], list[str],
     if build_dir is None:
         notes.append("no persona space (external tensor, or an axis folder without its build): norms only")
         return notes, ["layer", "axis norm"], [[mark(layer), f"{norm:.3f}"] for layer, norm in zip(axis.layers, norms)]
-    space = json.loads((build_dir / PERSONA_SPACE).read_text(encoding="utf-8"))
+    space = read_json_object(build_dir / PERSONA_SPACE)
     if space["layers"] != axis.layers:
         raise ConfigError(f"{build_dir / PERSONA_SPACE}: layers {space['layers']} differ from the axis's "
                           f"{axis.layers}; rebuild the axis")

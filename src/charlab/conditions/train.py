@@ -10,7 +10,6 @@ selection), LoRA init and data order.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 from charlab.conditions.kind import ConditionSpec, TrainingJob
 from charlab.conditions.registry import kind_of
 from charlab.errors import ConfigError
-from charlab.io import atomic_write_json
+from charlab.io import atomic_write_json, read_json_object
 from charlab.models.factory import BackendSpec
 from charlab.models.refs import ModelRef
 from charlab.store.artifacts import Run, Step
@@ -63,8 +62,6 @@ def train_condition(condition: ConditionSpec, base: ModelRef, budget: Budget, ou
 def read_condition(folder: str | Path) -> dict[str, Any]:
     """``condition.json`` of a trained condition folder."""
     path = Path(folder) / CONDITION_FILE
-    try:
-        record: dict[str, Any] = json.loads(path.read_text())
-        return record
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: not found; is {folder} a trained condition folder?") from None
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; is {folder} a trained condition folder?")
+    return read_json_object(path, hint="it is written by training; train the condition again")

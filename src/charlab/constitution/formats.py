@@ -32,7 +32,7 @@ from pydantic import (
 from charlab.configfile import format_validation_error, json_line_index, read_structured
 from charlab.constitution.schema import Constitution, Question
 from charlab.errors import ConfigError
-from charlab.io import atomic_write_text, iter_jsonl
+from charlab.io import NotJSON, atomic_write_text, iter_jsonl, parse_json, read_user_text
 
 
 class Format(StrEnum):
@@ -125,7 +125,7 @@ def _detect_format(path: Path) -> Format:
         return Format.YAML
     if suffix == ".jsonl":
         return Format.OCT_EXPANDED
-    head = path.read_text(encoding="utf-8").lstrip()[:1]
+    head = read_user_text(path).lstrip()[:1]
     if head == "[":
         return Format.OCT_HANDWRITTEN
     if head == "{":
@@ -158,11 +158,8 @@ def _load_native(path: Path, name: str | None) -> Constitution:
 
 
 def _load_oct_handwritten(path: Path, name: str | None) -> Constitution:
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); {_HANDWRITTEN_HINT}") from None
+    text = read_user_text(path)
+    data = parse_json(text, path, hint=_HANDWRITTEN_HINT)
     if not isinstance(data, list):
         raise ConfigError(
             f"{path}:1: the top level is a JSON {_json_type(data)}, not an array; {_HANDWRITTEN_HINT}"
@@ -176,7 +173,7 @@ def _load_oct_handwritten(path: Path, name: str | None) -> Constitution:
 def _load_oct_expanded(path: Path, name: str | None) -> Constitution:
     try:
         objects = list(iter_jsonl(path))
-    except ConfigError as exc:
+    except NotJSON as exc:  # the shape hint helps with syntax, not with a bad byte or a refused value
         raise ConfigError(f"{exc}\n({_EXPANDED_HINT}; a JSON array is the oct-handwritten format)") from None
     rows, lines = [], {}
     for i, (lineno, obj) in enumerate(objects):

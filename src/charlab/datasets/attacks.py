@@ -27,7 +27,7 @@ JailbreakBench, StrongREJECT, AdvBench) are loaded from a local file or a Huggin
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 import re
 from collections import Counter
@@ -43,7 +43,7 @@ from charlab.configfile import check_template, read_structured, validate
 from charlab.datasets.cards import DatasetCard, write_card
 from charlab.datasets.lists import extract_tagged, find_duplicate, normalize, parse_numbered_list
 from charlab.errors import ConfigError
-from charlab.io import atomic_write_json, stable_hash
+from charlab.io import NotJSON, atomic_write_json, iter_jsonl, parse_json, read_user_text, stable_hash
 from charlab.models.base import Backend, Generation, GenerationRequest, SamplingParams
 from charlab.store.cache import RowCache
 from charlab.store.generation import generate_cached
@@ -495,34 +495,27 @@ def _cell(row: dict, names: tuple[str, ...], where: str, *, required: bool = Fal
 
 def _file_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """(file:line or file row, record) from a CSV (header row), a JSON array or JSON lines."""
-    if not path.is_file():
-        raise ConfigError(f"{path}: file not found; check the path")
+    text = read_user_text(path)
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames:
-                raise ConfigError(f"{path}:1: no header row; a CSV needs column names")
-            for row in reader:
-                if None in row:
-                    raise ConfigError(f"{path}:{reader.line_num}: more cells than header columns; quote cells "
-                                      f"that contain commas")
-                yield f"{path}:{reader.line_num}", row
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        if not reader.fieldnames:
+            raise ConfigError(f"{path}:1: no header row; a CSV needs column names")
+        for row in reader:
+            if None in row:
+                raise ConfigError(f"{path}:{reader.line_num}: more cells than header columns; quote cells "
+                                  f"that contain commas")
+            yield f"{path}:{reader.line_num}", row
         return
-    text = path.read_text(encoding="utf-8")
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
+        data = parse_json(text, path)
+    except NotJSON:
         data = None
     if isinstance(data, list):
         yield from ((f"{path} row {i}", row) for i, row in enumerate(data))
         return
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{lineno}: not valid JSON ({exc.msg}); a .json file must be one "
-                                  f"array or one object per line") from None
+    hint = "a .json file must be one array or one object per line"
+    for lineno, row in iter_jsonl(path, hint=hint):
+        yield f"{path}:{lineno}", row
 
 
 def _hub_rows(name: str, split: str) -> Iterator[tuple[str, Any]]:

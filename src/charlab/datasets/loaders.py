@@ -12,7 +12,6 @@ Outputs follow ``docs/ARCHITECTURE.md``: SFT examples ``{"messages", "meta"}`` a
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from charlab.errors import ConfigError
-from charlab.io import iter_jsonl
+from charlab.io import NotJSON, iter_jsonl, read_json
 from charlab.models.base import check_messages
 
 
@@ -207,8 +206,8 @@ def _local_rows(path: Path) -> Iterator[tuple[str, int, Any]]:
         raise ConfigError(f"{path}: file not found; check the path")
     if path.suffix.lower() == ".json":
         try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
+            rows = read_json(path)
+        except NotJSON:
             rows = None  # not one JSON document: read it as JSON lines below
         if isinstance(rows, list):
             yield from (("row", i, row) for i, row in enumerate(rows))

@@ -128,7 +128,7 @@ def write_unit_values(path: str | os.PathLike, units: Sequence[UnitValue]) -> Pa
 def read_unit_values(path: str | os.PathLike) -> list[UnitValue]:
     """Values written by an eval run; a bad line names the file, the line and the field."""
     out = []
-    for lineno, row in iter_jsonl(path):
+    for lineno, row in iter_jsonl(path, finite=False):  # charlab wrote it; a mean over nothing is NaN
         try:
             out.append(_UnitRow.model_validate(row).to_unit())
         except ValidationError as exc:

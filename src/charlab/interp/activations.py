@@ -18,7 +18,6 @@ model fingerprint, dtype, the file's SHA-256), so a reader never trusts a half-w
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 
 from charlab.errors import ConfigError, ModelError
-from charlab.io import atomic_write_bytes, atomic_write_json, sha256_file
+from charlab.io import atomic_write_bytes, atomic_write_json, read_json_object, sha256_file
 from charlab.models import chat
 from charlab.models.base import TokenScores, check_messages
 from charlab.models.hf import HFBackend
@@ -307,7 +306,7 @@ def load_activations(path: str | Path) -> tuple[Activations, dict[str, Any]]:
     index_path = folder / INDEX_FILE
     if not index_path.is_file():
         raise ConfigError(f"{folder}: no {INDEX_FILE}; not an activations folder, or its writing was interrupted")
-    index = json.loads(index_path.read_text(encoding="utf-8"))
+    index = read_json_object(index_path)
     tensor_path = folder / index["file"]
     if not tensor_path.is_file() or sha256_file(tensor_path) != index["sha256"]:
         raise ConfigError(f"{tensor_path}: missing or does not match the hash in {index_path}; extract again")

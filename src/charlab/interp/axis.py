@@ -18,7 +18,6 @@ each response's dot product with the unit axis at one layer. Axes computed elsew
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 
 from charlab.errors import ConfigError
-from charlab.io import atomic_write_bytes, atomic_write_json
+from charlab.io import atomic_write_bytes, atomic_write_json, read_json_object
 
 AXIS_FILE, AXIS_INDEX = "axis.safetensors", "axis.json"
 
@@ -135,7 +134,7 @@ def load_axis(path: str | os.PathLike, layers: Sequence[int] | None = None) -> A
         if not (path / AXIS_INDEX).is_file():
             raise ConfigError(f"{path}: no {AXIS_INDEX}; give an axis folder (charlab axis build --out DIR) or a "
                               ".safetensors / .pt tensor of shape [layers, hidden]")
-        index = json.loads((path / AXIS_INDEX).read_text())
+        index = read_json_object(path / AXIS_INDEX)
         return Axis(_read_tensor(path / AXIS_FILE), index["layers"], index["provenance"])
     tensor = _read_tensor(path)
     layers = list(layers) if layers is not None else list(range(tensor.shape[0]))

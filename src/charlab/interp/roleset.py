@@ -15,7 +15,6 @@ becomes the eval role's free ``kind`` label).
 
 from __future__ import annotations
 
-import json
 import re
 from importlib import resources
 from pathlib import Path
@@ -26,7 +25,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, Va
 
 from charlab.configfile import first_duplicate, format_validation_error, json_line_index, load_model
 from charlab.errors import ConfigError
-from charlab.io import atomic_write_text, iter_jsonl
+from charlab.io import atomic_write_text, iter_jsonl, parse_json, read_user_text
 
 MODEL_NAME = "{model_name}"
 Kind = Literal["profession", "fictional", "mythic", "non_human", "ai_persona"]
@@ -210,11 +209,8 @@ def _check(model: type[M], data: Any, source: str | Path, lines: dict[tuple, int
 
 def _read_upstream_role(path: Path) -> tuple[list[str], dict[tuple, int]]:
     """The ``pos`` prompts of one upstream role file, and their lines keyed as ``AxisRole.prompts``."""
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); {_ROLE_HINT}") from None
+    text = read_user_text(path)
+    data = parse_json(text, path, hint=_ROLE_HINT)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: the top level is not a JSON object; {_ROLE_HINT}")
     lines = json_line_index(text)

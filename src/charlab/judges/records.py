@@ -119,7 +119,7 @@ def write_judge_records(path: str | os.PathLike, records: Iterable[JudgeRecord])
 def read_judge_records(path: str | os.PathLike) -> list[JudgeRecord]:
     """Read records written by ``write_judge_records``; a bad line names file, line and field."""
     out = []
-    for lineno, row in iter_jsonl(path):
+    for lineno, row in iter_jsonl(path, finite=False):  # charlab's own records; a score may be NaN
         try:
             out.append(JudgeRecord.model_validate(row))
         except ValidationError as exc:

@@ -16,7 +16,6 @@ that keys every cache row and step: base identity + the hash of each adapter's f
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from charlab.errors import ModelError
-from charlab.io import sha256_file, stable_hash
+from charlab.io import read_json_object, sha256_file, stable_hash
 from charlab.models import builtin
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(/[\w./-]+)?$")
 ADAPTER_META = "charlab_adapter.json"
+_ADAPTER_HINT = "adapter_config.json is written by PEFT; re-save the adapter or restore the file"
 
 
 def _split_revision(text: str) -> tuple[str, str | None]:
@@ -175,7 +175,7 @@ def _base_names(ref: ModelRef, load_from: str) -> set[str]:
     names = {ref.base, load_from, _split_revision(ref.base)[0]}
     config = Path(load_from) / "config.json"
     if config.is_file():
-        names.add(json.loads(config.read_text()).get("_name_or_path", "") or "")
+        names.add(str(read_json_object(config, finite=False).get("_name_or_path", "") or ""))  # transformers wrote it
     if ref.kind == "builtin":
         names |= {ref.base.removeprefix("builtin:"), "SmolLM2-135M-Instruct"}
     return {Path(n.rstrip("/")).name.lower() for n in names if n}
@@ -184,14 +184,14 @@ def _base_names(ref: ModelRef, load_from: str) -> set[str]:
 def _check_adapter_base(folder: Path, ref: ModelRef, load_from: str, base_fingerprint: str) -> None:
     meta = folder / ADAPTER_META
     if meta.is_file():
-        recorded = json.loads(meta.read_text()).get("base_fingerprint")
+        recorded = read_json_object(meta).get("base_fingerprint")
         if recorded and recorded != base_fingerprint:
             raise ModelError(
                 f"adapter {folder} was trained on base fingerprint {recorded}, but {ref.base} has "
                 f"{base_fingerprint}; use the base model the adapter was trained on"
             )
         return
-    config = json.loads((folder / "adapter_config.json").read_text())
+    config = read_json_object(folder / "adapter_config.json", hint=_ADAPTER_HINT)
     adapter_base = config.get("base_model_name_or_path")
     if adapter_base and Path(adapter_base.rstrip("/")).name.lower() not in _base_names(ref, load_from):
         raise ModelError(

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import copy
 import gc
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 from charlab.errors import ModelError
+from charlab.io import read_json_object
 from charlab.models import chat
 from charlab.models.base import Generation, GenerationRequest, TokenScores, check_messages
 from charlab.models.loading import as_resolved, load_tokenizer
@@ -38,7 +38,7 @@ def _check_stack(resolved: ResolvedModel, max_lora_rank: int) -> None:
             "compose the stack into a single adapter first, or use the hf backend, which stacks adapters")
     for adapter in resolved.adapters:
         config = Path(adapter.load_from) / "adapter_config.json"
-        rank = json.loads(config.read_text()).get("r", 0) if config.is_file() else 0
+        rank = read_json_object(config).get("r", 0) if config.is_file() else 0
         if rank > max_lora_rank:
             raise ModelError(f"adapter {adapter.ref} has rank {rank}, above max_lora_rank={max_lora_rank}; "
                              f"construct VLLMBackend with max_lora_rank={rank} or more")

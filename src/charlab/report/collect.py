@@ -153,7 +153,7 @@ def _projections(path: Path, run_dir: Path, notes: list[str]) -> list[Projection
     """Per prompt set, the projected answers; per-turn drift files (no ``set``) are not distributions."""
     by_set: dict[str, list[float]] = {}
     try:
-        for _, record in iter_jsonl(path):
+        for _, record in iter_jsonl(path, finite=False):  # charlab's own projections
             if isinstance(record, dict) and "set" in record and isinstance(record.get("value"), int | float):
                 by_set.setdefault(str(record["set"]), []).append(float(record["value"]))
     except ConfigError as exc:

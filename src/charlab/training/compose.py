@@ -19,7 +19,6 @@ while training, so it is not part of the delta an adapter adds at inference.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 import torch
 
 from charlab.errors import CharlabError
-from charlab.io import atomic_write_json
+from charlab.io import atomic_write_json, read_json_object
 from charlab.models.refs import ADAPTER_META, adapter_fingerprint
 
 PEFT_PREFIX = "base_model.model."
@@ -110,7 +109,7 @@ def read_adapter(folder: str | Path) -> tuple[dict, dict[str, LoraFactors]]:
         hint = " (only a pickled adapter_model.bin; re-save it with safetensors)" if (
             folder / "adapter_model.bin").is_file() else ""
         raise CharlabError(f"{folder} has no adapter_model.safetensors{hint}")
-    config = json.loads(config_path.read_text())
+    config = read_json_object(config_path)
     if problems := _config_problems(config):
         raise CharlabError(f"adapter {folder} cannot be composed exactly: {'; '.join(problems)}")
 
@@ -142,7 +141,7 @@ def _base_names(folders: Sequence[Path], configs: Sequence[dict]) -> tuple[str |
     prints = set()
     for folder in folders:
         meta = folder / ADAPTER_META
-        if meta.is_file() and (fp := json.loads(meta.read_text()).get("base_fingerprint")):
+        if meta.is_file() and (fp := read_json_object(meta).get("base_fingerprint")):
             prints.add(fp)
     if len(names) > 1 or len(prints) > 1:
         raise CharlabError(f"adapters {', '.join(map(str, folders))} were trained on different bases "
