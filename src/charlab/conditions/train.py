@@ -12,12 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from charlab.conditions.kind import ConditionSpec, TrainingJob
 from charlab.conditions.registry import kind_of
-from charlab.errors import ConfigError
-from charlab.io import atomic_write_json, read_json_object
+from charlab.io import atomic_write_json
 from charlab.models.factory import BackendSpec
 from charlab.models.refs import ModelRef
 from charlab.store.artifacts import Run, Step
@@ -57,11 +55,3 @@ def train_condition(condition: ConditionSpec, base: ModelRef, budget: Budget, ou
         "trained": {stage: str(step.dir.relative_to(out)) for stage, step in trained.steps.items()},
     })
     return result
-
-
-def read_condition(folder: str | Path) -> dict[str, Any]:
-    """``condition.json`` of a trained condition folder."""
-    path = Path(folder) / CONDITION_FILE
-    if not path.is_file():
-        raise ConfigError(f"{path}: not found; is {folder} a trained condition folder?")
-    return read_json_object(path, hint="it is written by training; train the condition again")
