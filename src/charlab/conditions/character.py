@@ -25,6 +25,7 @@ from charlab.costs import Cost
 from charlab.errors import ConfigError
 from charlab.models.factory import BackendSpec
 from charlab.pipeline.character import CharacterConfig, load_character_config, train_character
+from charlab.store.layout import CONSTITUTION_FILE
 from charlab.training.budget import Budget
 from charlab.training.budgeted import trained_tokens_bound
 
@@ -97,7 +98,7 @@ def recipe_for(condition: RecipeSpec, teacher: BackendSpec | None) -> CharacterC
 
 def train_recipe(condition: RecipeCondition, job: TrainingJob) -> Trained:
     constitution = condition_constitution(condition)
-    save_constitution(constitution, job.out / "constitution.yaml")
+    save_constitution(constitution, job.out / CONSTITUTION_FILE)
     result = train_character(job.base, constitution, recipe_for(condition, job.teacher), job.out,
                              cache_path=job.cache_path, seed=job.seed, budget=job.budget)
     return Trained(result.model, {"dpo": result.steps["dpo"], "sft": result.steps["sft"]})

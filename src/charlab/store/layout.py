@@ -29,6 +29,7 @@ STUDY_FILE = "study.json"
 EXPERIMENT_FILE = "experiment.json"
 CONDITION_FILE = "condition.json"
 CHALLENGE_FILE = "challenge.json"
+CONSTITUTION_FILE = "constitution.yaml"  # a character condition's constitution, beside its condition.json
 RESULTS_FILE = "results.csv"
 AUDIT_MARKDOWN = "budget_audit.md"
 AUDIT_JSON = "budget_audit.json"

@@ -231,7 +231,7 @@ def _trait_material(run: StudyRun):
     name = study.evaluations.traits_of
     seed = next(c for c in study.conditions if c.name == name).seeds[0]
     folder = layout.condition_dir(run.out, name, seed)
-    constitution = load_constitution(folder / "constitution.yaml")
+    constitution = load_constitution(folder / layout.CONSTITUTION_FILE)
     seen = distilled_prompts(folder)
     held_out = [q for q in constitution.questions if q.text not in seen][:study.evaluations.traits_prompts]
     return constitution, [EvalPrompt(f"held-out-{i}", [{"role": "user", "content": q.text}], f"held-out-{i}")
